@@ -1,0 +1,1 @@
+"""Data: raw layouts → records → cached uint8 arrays → sampled, augmented batches."""

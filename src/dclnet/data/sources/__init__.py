@@ -1,0 +1,1 @@
+"""Readers that turn raw data-set layouts into :class:`~dclnet.data.records.Record` lists."""

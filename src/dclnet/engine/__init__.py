@@ -1,0 +1,1 @@
+"""dclnet.engine."""
