@@ -1,0 +1,311 @@
+"""Run configuration: frozen dataclasses are the schema.
+
+Resolution order: dataclass defaults → YAML file (``--config``) → dotted command-line
+overrides (``optim.epochs=40``). Every key and value is validated with a one-line
+:class:`~dclnet.errors.ConfigError` naming the bad key and the valid choices. Library
+components never see a :class:`Config`; the engine unpacks it into plain keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dclnet.errors import ConfigError
+
+DATASETS = ("synthetic", "sysu", "regdb", "llcm")
+ARCHS = ("resnet18", "resnet34", "resnet50")
+METRIC_LOSSES = ("center_cluster", "triplet")
+DCL_MASKS = ("pap", "stripes")
+CAM_CLASSES = ("label", "predicted")
+OPTIMIZERS = ("adam", "sgd")
+PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
+VALIDATION = ("none", "sysu", "fraction")
+AMP_DTYPES = ("auto", "bfloat16", "float16", "off")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, where, and how batches are drawn."""
+
+    dataset: str = "synthetic"  # one of DATASETS
+    root: str | None = None  # raw data-set root (not needed for "synthetic")
+    trial: int = 1  # RegDB index trial 1..10
+    height: int = 288  # cached / network input height
+    width: int = 144  # cached / network input width
+    cache_dir: str | None = None  # default: $XDG_CACHE_HOME/dclnet or ~/.cache/dclnet
+    skip_corrupt: bool = False  # drop (and list) undecodable images instead of failing
+    num_ids: int = 8  # P identities per batch
+    num_instances: int = 4  # K images per identity and modality
+    synthetic_ids: int = 64  # identities of the built-in synthetic set
+    synthetic_seed: int = 0  # seed of the built-in synthetic set
+    synthetic_height: int = 128  # native render height of the synthetic set
+    synthetic_width: int = 64  # native render width of the synthetic set
+
+
+@dataclass(frozen=True)
+class AugmentSection:
+    """Training augmentation (method.md §2)."""
+
+    grayscale_p: float = 0.5  # visible only
+    flip_p: float = 0.5
+    erase_p: float = 0.5
+    erase_area: tuple[float, float] = (0.02, 0.33)
+    erase_aspect: tuple[float, float] = (0.3, 3.3)
+    pad_crop: int = 0  # AGW pad-and-crop; 0 = off
+    channel_aug: str = "none"  # "none" or "exchange" (CAJ recipe)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network arguments (method.md §3)."""
+
+    arch: str = "resnet50"  # one of ARCHS
+    pretrained: str | None = "imagenet"  # "imagenet", a local weights file, or null
+    split: int = 2  # modality-specific stages: 1..4 (2 = stem + layer1)
+    num_parts: int = 6
+    gem_p: float = 3.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss terms and weights (method.md §4-7). ``preset`` overrides the switches."""
+
+    preset: str | None = None  # one of PRESETS; null = use the fields below
+    id: float = 1.0
+    metric: float = 1.0
+    part_id: float = 1.0
+    pap: float = 1.0
+    dcl: float = 1.0
+    metric_loss: str = "center_cluster"  # one of METRIC_LOSSES
+    label_smoothing: float = 0.0
+    dcl_masks: str = "pap"  # one of DCL_MASKS
+    srm: bool = True
+    cam_class: str = "label"  # one of CAM_CLASSES ("predicted" = released code)
+    tau: float = 0.05
+    continuity_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule (method.md §8)."""
+
+    optimizer: str = "adam"  # one of OPTIMIZERS
+    lr: float = 3.5e-3  # BNNecks and classifiers; the rest uses lr * backbone_lr_mult
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD only (Nesterov)
+    epochs: int = 40
+    warmup_epochs: int = 5
+    milestones: tuple[int, ...] = (15, 27)
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Engine settings."""
+
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: str = "auto"  # one of AMP_DTYPES; "auto" = bf16 where supported on CUDA, else off
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    eval_every: int = 0  # evaluate every N epochs (0 = only at the end)
+    validation: str = "none"  # one of VALIDATION; selects best.pt without test data
+    val_fraction: float = 0.1  # share of training identities held out for "fraction"
+    tensorboard: bool = False
+    log_every: int = 20  # steps between metrics-log lines
+    workers: int = 2  # background batch-preparation threads
+    sync_bn: bool = False  # SyncBatchNorm in distributed runs
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol settings used at the end of training and by ``dclnet test``."""
+
+    mode: str = "all"
+    shots: int = 1
+    sampler: str = "seeded"
+    trials: int = 10
+    direction: str | None = None  # null = the data set's default
+    flip: bool = False  # average features with horizontally flipped images
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "data.dataset": DATASETS,
+    "model.arch": ARCHS,
+    "loss.preset": PRESETS + (None,),
+    "loss.metric_loss": METRIC_LOSSES,
+    "loss.dcl_masks": DCL_MASKS,
+    "loss.cam_class": CAM_CLASSES,
+    "optim.optimizer": OPTIMIZERS,
+    "train.validation": VALIDATION,
+    "train.amp": AMP_DTYPES,
+    "augment.channel_aug": ("none", "exchange"),
+    "eval.mode": ("all", "indoor"),
+    "eval.shots": (1, 10),
+    "eval.sampler": ("seeded", "official"),
+    "eval.direction": (None, "i2v", "v2i", "v2t", "t2v"),
+}
+_RANGES = {
+    "model.split": (1, 4),
+    "data.trial": (1, 10),
+    "data.num_ids": (2, None),
+    "data.num_instances": (1, None),
+    "optim.epochs": (1, None),
+}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against the field's type annotation, converting where lossless."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+        item_type = args[0]
+        if len(args) == 2 and args[1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"config key {key!r} expects {len(args)} values, got {value!r}")
+        return tuple(_coerce(key, v, item_type) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - every schema type is handled above
+        return value
+    raise ConfigError(
+        f"config key {key!r} expects {annotation.__name__}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _check_value(key: str, value: Any) -> None:
+    if key in _CHOICES and value not in _CHOICES[key]:
+        valid = ", ".join(str(c) if c is not None else "null" for c in _CHOICES[key])
+        raise ConfigError(f"config key {key!r} has invalid value {value!r}; valid: {valid}")
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ConfigError(f"config key {key!r} = {value!r} is out of range ({bound})")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(names)}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {full!r} must be a mapping of its fields")
+            kwargs[key] = _build(annotation, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, annotation)
+            _check_value(full, kwargs[key])
+    return cls(**kwargs)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON and checkpoints."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a (partial) nested dict."""
+    if not isinstance(values, dict):
+        raise ConfigError("a config must be a mapping of sections (data, model, loss, ...)")
+    return _build(Config, values, "")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"optim.epochs=40"`` → ``{"optim": {"epochs": 40}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r} must name section.key, e.g. optim.epochs=40")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return {parts[0]: {parts[1]: value}}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults → YAML file → overrides, validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            detail = str(exc).replace("\n", " ")
+            raise ConfigError(f"config file {path} is not valid YAML: {detail}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        values = loaded
+    for item in overrides or []:
+        values = _merge(values, parse_override(item))
+    return from_dict(values)
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
