@@ -228,6 +228,12 @@ def test_same_seed_same_output():
     assert not torch.equal(a[0], c[0])
 
 
+def test_config_accepts_lists_from_yaml():
+    config = AugmentConfig(erase_area=[0.1, 0.2], erase_aspect=[0.5, 2.0])
+    assert config.erase_area == (0.1, 0.2) and config.erase_aspect == (0.5, 2.0)
+    hash(config)
+
+
 def test_invalid_config_and_arguments():
     with pytest.raises(ConfigError, match="erase_p"):
         AugmentConfig(erase_p=1.5)

@@ -61,6 +61,9 @@ class AugmentConfig:
     channel_aug: str = "none"
 
     def __post_init__(self) -> None:
+        # YAML gives lists; keep the frozen config hashable.
+        object.__setattr__(self, "erase_area", tuple(self.erase_area))
+        object.__setattr__(self, "erase_aspect", tuple(self.erase_aspect))
         for name in ("grayscale_p", "flip_p", "erase_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name}={getattr(self, name)} must lie in [0, 1]")
