@@ -153,33 +153,24 @@ def build_cache(
     if not records:
         raise DataError(f"no records to cache under {root}; check the data-set lists")
     key = _cache_key(root, records, size, name)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "images"
-    parent = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    parent = parent.expanduser().resolve()
-    directory = parent / f"{safe_name}-{size[0]}x{size[1]}-{digest}"
     stats = _stat_files(root, records, skip_corrupt)
-    fingerprint = _fingerprint(records, stats)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"cannot create cache directory {directory}: {exc.strerror}; "
-            "pass cache_dir= a writable folder"
-        ) from exc
-
+    header = {  # everything meta.json must hold for the directory to be reused
+        "format": META_FORMAT,
+        "complete": True,
+        "key": key,
+        "fingerprint": _fingerprint(records, stats),
+        "records": [[r.path, int(r.label), int(r.cam), r.modality] for r in records],
+        "files": stats,
+    }
+    directory = _make_directory(cache_dir, key)
     with _locked(directory):
-        meta, images, reason = _load_valid(directory, key, stats, fingerprint)
+        meta, images, reason = _load_valid(directory, header)
         if meta is None:
             logger.info("building cache %s (%s)", directory, reason)
             meta = _build(
                 directory,
                 root,
-                records,
-                stats,
-                size,
-                key,
-                fingerprint,
+                header,
                 name=name,
                 skip_corrupt=skip_corrupt,
                 num_workers=num_workers,
@@ -215,6 +206,23 @@ def _cache_key(root: Path, records: Sequence[Record], size: tuple[int, int], nam
     }
 
 
+def _make_directory(cache_dir: Path | None, key: dict) -> Path:
+    """Create ``<cache_dir>/<name>-<H>x<W>-<hash of key>`` and return it."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", key["name"]) or "images"
+    parent = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    height, width = key["size"]
+    directory = parent.expanduser().resolve() / f"{safe_name}-{height}x{width}-{digest}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create cache directory {directory}: {exc.strerror}; "
+            "pass cache_dir= a writable folder"
+        ) from exc
+    return directory
+
+
 def _stat_files(root: Path, records: Sequence[Record], skip_corrupt: bool) -> list[list[int]]:
     """``[size, mtime_ns]`` of every raw file; ``[-1, -1]`` for a missing one if skipping."""
     stats = []
@@ -239,9 +247,7 @@ def _fingerprint(records: Sequence[Record], stats: list[list[int]]) -> str:
     return digest.hexdigest()
 
 
-def _load_valid(
-    directory: Path, key: dict, stats: list[list[int]], fingerprint: str
-) -> tuple[dict | None, np.ndarray | None, str]:
+def _load_valid(directory: Path, header: dict) -> tuple[dict | None, np.ndarray | None, str]:
     """``(meta, images, "")`` for a complete, current cache, else ``(None, None, why)``."""
     meta_path = directory / _META
     if not meta_path.exists():
@@ -252,10 +258,10 @@ def _load_valid(
         return None, None, "meta.json is unreadable"
     if not isinstance(meta, dict) or not meta.get("complete"):
         return None, None, "meta.json is incomplete"
-    if meta.get("format") != META_FORMAT or meta.get("key") != key:
+    if meta.get("format") != header["format"] or meta.get("key") != header["key"]:
         return None, None, "meta.json was written for another key or format"
-    if meta.get("fingerprint") != fingerprint:
-        return None, None, _describe_changes(meta, stats)
+    if meta.get("fingerprint") != header["fingerprint"]:
+        return None, None, _describe_changes(meta, header["files"])
     try:
         images = np.load(directory / _IMAGES, mmap_mode="r")
     except (OSError, ValueError):
@@ -281,18 +287,16 @@ def _describe_changes(meta: dict, stats: list[list[int]]) -> str:
 def _build(
     directory: Path,
     root: Path,
-    records: Sequence[Record],
-    stats: list[list[int]],
-    size: tuple[int, int],
-    key: dict,
-    fingerprint: str,
+    header: dict,
     *,
     name: str,
     skip_corrupt: bool,
     num_workers: int,
     progress: bool,
 ) -> dict:
-    """Decode every record into a fresh ``images.npy`` and write ``meta.json`` last."""
+    """Decode every record into a fresh ``images.npy``, then write ``meta.json``."""
+    paths = [root / r[0] for r in header["records"]]
+    size = tuple(header["key"]["size"])
     (directory / _META).unlink(missing_ok=True)  # from here on the old arrays are not trusted
     for stale in directory.glob(".*.tmp"):  # left by a crashed build; we hold the lock
         logger.info("removing stale temporary file %s", stale)
@@ -300,9 +304,8 @@ def _build(
     start = time.perf_counter()
     tmp: Path | None = _temp_path(directory, "images")
     try:
-        shape = (len(records), *size, 3)
+        shape = (len(paths), *size, 3)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        paths = [root / r.path for r in records]
         bar = tqdm(total=len(paths), desc=f"caching {name}", unit="img", disable=not progress)
         with bar:
             kept, failures = _fill(out, paths, size, skip_corrupt, num_workers, bar)
@@ -318,14 +321,9 @@ def _build(
             with contextlib.suppress(OSError):
                 tmp.unlink()
     meta = {
-        "format": META_FORMAT,
-        "complete": True,
-        "key": key,
-        "fingerprint": fingerprint,
+        **header,
         "num_images": len(kept),
-        "records": [[r.path, int(r.label), int(r.cam), r.modality] for r in records],
-        "files": stats,
-        "skipped": [records[i].path for i, _ in failures],
+        "skipped": [header["records"][i][0] for i, _ in failures],
         "skipped_index": [i for i, _ in failures],
         "skipped_reasons": [reason for _, reason in failures],
     }
