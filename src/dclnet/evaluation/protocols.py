@@ -71,11 +71,14 @@ def index_features(
     """
     feats = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
     if feats.ndim != 2:
-        raise DataError(f"features must be a 2-D array (one row per path), got shape "
-                        f"{tuple(feats.shape)}")
+        raise DataError(
+            f"features must be a 2-D array (one row per path), got shape {tuple(feats.shape)}"
+        )
     if feats.shape[0] != len(paths):
-        raise DataError(f"features has {feats.shape[0]} rows but paths has {len(paths)} entries; "
-                        "they must match one to one")
+        raise DataError(
+            f"features has {feats.shape[0]} rows but paths has {len(paths)} entries; "
+            "they must match one to one"
+        )
     if not torch.is_floating_point(feats):
         raise DataError(f"features must be a float array, got {feats.dtype}")
     row: dict[str, int] = {}
@@ -85,8 +88,10 @@ def index_features(
         row[p] = i
     for p in needed:
         if p not in row:
-            raise DataError(f"the protocol needs {p!r} but the features file has no row for it "
-                            "(paths must be relative to ROOT with '/' separators)")
+            raise DataError(
+                f"the protocol needs {p!r} but the features file has no row for it "
+                "(paths must be relative to ROOT with '/' separators)"
+            )
     if not torch.isfinite(feats).all():
         bad = int(torch.nonzero(~torch.isfinite(feats).all(dim=1))[0, 0])
         raise DataError(f"features for {paths[bad]!r} contain NaN or infinity")
@@ -159,12 +164,16 @@ def load_features_npz(path: str | Path) -> tuple[list[str], np.ndarray]:
     with data:
         missing = [k for k in ("paths", "features") if k not in data.files]
         if missing:
-            raise DataError(f"features file {path} lacks array(s) {', '.join(missing)}; it must "
-                            f"hold 'paths' (strings) and 'features' (float, one row per path)")
+            raise DataError(
+                f"features file {path} lacks array(s) {', '.join(missing)}; it must "
+                f"hold 'paths' (strings) and 'features' (float, one row per path)"
+            )
         paths, feats = data["paths"], data["features"]
     if paths.ndim != 1 or paths.dtype.kind not in "US":
-        raise DataError(f"{path}: 'paths' must be a 1-D array of strings, got dtype {paths.dtype} "
-                        f"shape {paths.shape}")
+        raise DataError(
+            f"{path}: 'paths' must be a 1-D array of strings, got dtype {paths.dtype} "
+            f"shape {paths.shape}"
+        )
     return [str(p) for p in paths.tolist()], feats
 
 

@@ -1,0 +1,234 @@
+"""``dclnet <command>`` — also runnable as ``python -m dclnet`` (the torchrun launch form).
+
+Each sub-command is a small function; the work happens in the library. Input problems are
+:class:`~dclnet.errors.DclnetError` and are printed as one ``error:`` line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dclnet import __version__
+from dclnet.errors import DclnetError
+
+logger = logging.getLogger("dclnet")
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _add_protocol_args(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
+    p.add_argument(
+        "--dataset",
+        required=dataset_required,
+        choices=("sysu", "regdb", "llcm", "synthetic"),
+        help="data set",
+    )
+    p.add_argument("--root", type=Path, help="raw data-set root (not for synthetic)")
+    p.add_argument("--mode", default="all", choices=("all", "indoor"), help="SYSU search mode")
+    p.add_argument("--shots", type=int, default=1, choices=(1, 10), help="SYSU gallery shots")
+    p.add_argument(
+        "--sampler",
+        default="seeded",
+        choices=("seeded", "official"),
+        help="SYSU gallery sampler: seeded (Python random, AGW family) or official "
+        "(exp/rand_perm_cam.mat)",
+    )
+    p.add_argument("--trials", type=int, default=10, help="gallery trials (SYSU, LLCM)")
+    p.add_argument("--trial", type=int, default=None, help="RegDB split 1..10")
+    p.add_argument(
+        "--direction",
+        default=None,
+        choices=("i2v", "v2i", "v2t", "t2v"),
+        help="search direction (default: i2v for SYSU/LLCM, v2t for RegDB)",
+    )
+    p.add_argument(
+        "--rerank",
+        action="store_true",
+        help="also report k-reciprocal re-ranked results (separately)",
+    )
+    p.add_argument("--json", type=Path, help="write results as JSON here")
+
+
+def resolve_config_path(value: str | None) -> Path | None:
+    """A YAML path, or the name of a bundled recipe (``demo``, ``tiny``, ``sysu``, ...)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists():
+        return path
+    bundled = CONFIG_DIR / f"{value}.yaml"
+    if bundled.exists():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise DclnetError(f"config {value!r} is neither a file nor a bundled recipe ({names})")
+
+
+def _settings(args: argparse.Namespace):
+    from dclnet.evaluation.splits import ProtocolSettings
+
+    trial = args.trial
+    if args.dataset == "regdb" and trial is None:
+        raise DclnetError("RegDB needs --trial 1..10")
+    return ProtocolSettings(
+        dataset=args.dataset,
+        mode=args.mode,
+        shots=args.shots,
+        sampler=args.sampler,
+        trials=args.trials,
+        trial=trial if args.dataset == "regdb" else None,
+        direction=args.direction,
+    )
+
+
+def _report(result, json_path: Path | None) -> None:
+    from dclnet.evaluation.protocols import format_table, write_json
+
+    print(format_table(result))
+    if json_path is not None:
+        write_json(result.to_json(), json_path)
+        print(f"wrote {json_path}")
+
+
+def cmd_evaluate_features(args: argparse.Namespace) -> None:
+    from dclnet.evaluation.protocols import evaluate_splits, load_features_npz
+    from dclnet.evaluation.splits import build_splits
+
+    if args.dataset == "synthetic":
+        raise DclnetError(
+            "evaluate-features reads a data set on disk: write the synthetic set "
+            "with `dclnet synth sysu DIR` and pass --dataset sysu --root DIR"
+        )
+    if args.root is None:
+        raise DclnetError("--root is required: the raw data-set folder")
+    settings = _settings(args)
+    splits = build_splits(settings, args.root)
+    paths, feats = load_features_npz(args.features)
+    _report(
+        evaluate_splits(paths, feats, splits, settings.as_dict(), rerank=args.rerank), args.json
+    )
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from dclnet.data.sources.synthetic import write_regdb, write_sysu
+
+    write = write_sysu if args.layout == "sysu" else write_regdb
+    kwargs = {"seed": args.seed, "overwrite": args.overwrite}
+    if args.ids is not None:
+        kwargs["num_ids"] = args.ids
+    out = write(args.out_dir, **kwargs)
+    print(f"wrote a synthetic {args.layout} data set to {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dclnet.engine.runs import run_training
+
+    run_training(
+        config=resolve_config_path(args.config),
+        overrides=args.overrides,
+        dataset=args.dataset,
+        root=args.root,
+        trial=args.trial,
+        output=args.output,
+        resume=args.resume,
+    )
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    from dclnet.engine.runs import test_checkpoint
+
+    result = test_checkpoint(
+        args.checkpoint,
+        _settings(args),
+        root=args.root,
+        device=args.device,
+        batch_size=args.batch_size,
+        flip=args.flip,
+        rerank=args.rerank,
+        cache_dir=args.cache_dir,
+    )
+    _report(result, args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from dclnet.engine.runs import run_demo
+
+    run_demo(args.output, config=resolve_config_path(args.config), overrides=args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dclnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dclnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train and test DCLNet on the built-in synthetic set (CPU)")
+    p.add_argument("--output", type=Path, default=Path("runs/demo"), help="run folder")
+    p.add_argument("--config", default="demo", help="recipe (default: demo)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train DCLNet")
+    p.add_argument("--dataset", choices=("synthetic", "sysu", "regdb", "llcm"))
+    p.add_argument("--root", type=Path)
+    p.add_argument("--trial", help="RegDB trial 1..10, or 'all' for the 10 trials")
+    p.add_argument("--config", help="YAML recipe, or a bundled name: demo, tiny, sysu, regdb, llcm")
+    p.add_argument("--output", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.epochs=10")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="evaluate a checkpoint under a data set's full protocol")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    _add_protocol_args(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--flip", action="store_true", help="flip-averaged features")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser(
+        "evaluate-features",
+        help="evaluate any model's features (FEATS.npz) under the exact protocol",
+    )
+    _add_protocol_args(p)
+    p.add_argument(
+        "--features",
+        type=Path,
+        required=True,
+        help="npz with 'paths' (relative to ROOT) and 'features' (one row per path)",
+    )
+    p.set_defaults(func=cmd_evaluate_features)
+
+    p = sub.add_parser("synth", help="write the synthetic set in a raw layout")
+    p.add_argument("layout", choices=("sysu", "regdb"))
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--ids", type=int, default=None, help="number of identities")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except DclnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,523 @@
+"""Training: one readable loop (:func:`fit`) around one explicit :func:`train_step`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dclnet.config import Config, save_config, to_dict
+from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment_batch
+from dclnet.data.datasets import EvalData, TrainData, load_eval_data, load_train_data
+from dclnet.data.records import INFRARED, VISIBLE
+from dclnet.data.sampler import CrossModalitySampler
+from dclnet.engine import distributed as dist_utils
+from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from dclnet.engine.schedule import build_optimizer, build_scheduler
+from dclnet.errors import CheckpointError, ConfigError
+from dclnet.evaluation.protocols import ProtocolResult, format_table, write_json
+from dclnet.evaluation.run import evaluate_model
+from dclnet.losses.objective import ABLATIONS, LossWeights, dclnet_objective
+from dclnet.models.dclnet import DCLNet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepContext:
+    """Everything :func:`train_step` needs besides the batch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_kwargs: dict[str, Any]
+    augment: AugmentConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available; use cpu or auto")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``train.amp`` (``None`` = float32)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp]
+
+
+def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
+    """Augmentation RNG as a pure function of (seed, epoch, step, rank): exact resume."""
+    state = np.random.SeedSequence([seed, epoch, step, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def train_step(
+    ctx: StepContext, visible: Tensor, infrared: Tensor, labels: Tensor, gen: torch.Generator
+) -> dict[str, Tensor]:
+    """One optimisation step on an aligned batch.
+
+    Args:
+        ctx: Model, optimiser, loss settings, device.
+        visible: ``N x H x W x 3`` uint8 visible images (any device).
+        infrared: ``N x H x W x 3`` uint8 infrared images; image n shares visible n's identity.
+        labels: ``N`` identities of the pairs.
+        gen: CPU generator for the augmentation.
+
+    Returns:
+        Detached weighted loss terms (and ``"total"``), still on the device: no host sync.
+    """
+    device = ctx.device
+    vis, vis_erased = augment_batch(
+        visible.to(device, non_blocking=True), VISIBLE, ctx.augment, gen
+    )
+    ir, ir_erased = augment_batch(
+        infrared.to(device, non_blocking=True), INFRARED, ctx.augment, gen
+    )
+    if ctx.channels_last:
+        vis, ir = (
+            vis.contiguous(memory_format=torch.channels_last),
+            ir.contiguous(memory_format=torch.channels_last),
+        )
+    targets = labels.to(device, non_blocking=True).repeat(2)  # 2N: [visible; infrared]
+    erased = torch.cat([vis_erased, ir_erased])  # 2N x H x W
+    with torch.autocast(
+        device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None
+    ):
+        out = ctx.model(vis, ir)
+    model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
+    losses = dclnet_objective(
+        out, targets, erased, part_weight=model.part_classifier.weight, **ctx.loss_kwargs
+    )
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(losses["total"]).backward()
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+class BatchPrefetcher:
+    """Gathers the next batches' uint8 images from the (memory-mapped) arrays in a thread."""
+
+    def __init__(
+        self,
+        data: TrainData,
+        batches: list[tuple[np.ndarray, np.ndarray]],
+        pin: bool,
+        depth: int = 2,
+    ):
+        self._data, self._batches, self._pin = data, batches, pin
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _gather(self, vis_idx: np.ndarray, ir_idx: np.ndarray):
+        vis = torch.from_numpy(np.ascontiguousarray(self._data.visible.images[vis_idx]))
+        ir = torch.from_numpy(np.ascontiguousarray(self._data.infrared.images[ir_idx]))
+        labels = torch.from_numpy(self._data.visible.labels[vis_idx].astype(np.int64))
+        if self._pin:
+            vis, ir, labels = vis.pin_memory(), ir.pin_memory(), labels.pin_memory()
+        return vis, ir, labels
+
+    def _work(self) -> None:
+        try:
+            for vis_idx, ir_idx in self._batches:
+                self._queue.put(self._gather(vis_idx, ir_idx))
+        except Exception as exc:  # surfaced in the training thread
+            self._queue.put(exc)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for _ in range(len(self._batches)):
+            item = self._queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+def loss_kwargs(cfg: Config) -> dict[str, Any]:
+    """Keyword arguments of :func:`dclnet_objective` from ``cfg.loss`` (a preset wins)."""
+    c = cfg.loss
+    kwargs: dict[str, Any] = {
+        "weights": LossWeights(id=c.id, metric=c.metric, part_id=c.part_id, pap=c.pap, dcl=c.dcl),
+        "metric": c.metric_loss,
+        "label_smoothing": c.label_smoothing,
+        "dcl_masks": c.dcl_masks,
+        "srm": c.srm,
+        "cam_class": c.cam_class,
+        "tau": c.tau,
+        "continuity_weight": c.continuity_weight,
+    }
+    if c.preset is not None:
+        kwargs.update(ABLATIONS[c.preset])
+    return kwargs
+
+
+def _build_model(cfg: Config, num_classes: int) -> DCLNet:
+    m = cfg.model
+    return DCLNet(
+        num_classes,
+        arch=m.arch,
+        pretrained=m.pretrained,
+        split=m.split,
+        num_parts=m.num_parts,
+        gem_p=m.gem_p,
+    )
+
+
+def _augment_config(cfg: Config) -> AugmentConfig:
+    return AugmentConfig(**dataclasses.asdict(cfg.augment))
+
+
+class MetricsLog:
+    """JSON-lines metrics log (and optional TensorBoard), written by rank 0 only."""
+
+    def __init__(self, output: Path, tensorboard: bool, enabled: bool = True):
+        self.enabled = enabled
+        self.path = output / "metrics.jsonl"
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError(
+                    "train.tensorboard=true needs the tensorboard package: "
+                    "pip install 'dclnet[tensorboard]'"
+                ) from exc
+            self._tb = SummaryWriter(str(output / "tensorboard"))
+
+    def write(self, event: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"event": event, "step": step, **values}) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{event}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def checkpoint_state(cfg: Config, model: DCLNet, data: TrainData) -> dict[str, Any]:
+    """The self-describing part of every checkpoint (enough to rebuild the model)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_args": model.model_args(),
+        "config": to_dict(cfg),
+        "preprocessing": {
+            "height": cfg.data.height,
+            "width": cfg.data.width,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        "num_classes": data.num_classes,
+    }
+
+
+def _restore(path: Path, model: DCLNet, optimizer, scheduler, scaler) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    for key in ("optimizer", "scheduler", "epoch", "rng"):
+        if key not in state:
+            raise CheckpointError(
+                f"{path} has no {key!r}: it is a model-only checkpoint and cannot be resumed"
+            )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state
+
+
+def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train DCLNet as configured; write checkpoints, logs and final test results to ``output``.
+
+    Returns:
+        ``{"test": ProtocolResult JSON or None, "validation": best validation metrics or None}``.
+    """
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    is_main = rank == 0
+    output = Path(output)
+    device = resolve_device(cfg.train.device) if world == 1 else dist_utils.local_device()
+    amp_dtype = resolve_amp(cfg.train.amp, device)
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed % 2**32)
+    d = cfg.data
+    data = load_train_data(
+        d.dataset,
+        d.root,
+        trial=d.trial,
+        size=(d.height, d.width),
+        cache_dir=d.cache_dir,
+        skip_corrupt=d.skip_corrupt,
+        synthetic_ids=d.synthetic_ids,
+        synthetic_seed=d.synthetic_seed,
+        validation=cfg.train.validation,
+        val_fraction=cfg.train.val_fraction,
+        seed=cfg.train.seed,
+        progress=progress and is_main,
+    )
+    model = _build_model(cfg, data.num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(
+        model.parameter_groups(),
+        name=cfg.optim.optimizer,
+        lr=cfg.optim.lr,
+        backbone_lr_mult=cfg.optim.backbone_lr_mult,
+        weight_decay=cfg.optim.weight_decay,
+        momentum=cfg.optim.momentum,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        milestones=cfg.optim.milestones,
+        gamma=cfg.optim.gamma,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    start_epoch, best = 0, None
+    if resume:
+        state = _restore(output / "last.pt", model, optimizer, scheduler, scaler)
+        start_epoch, best = int(state["epoch"]), state.get("best")
+        logger.info("resumed from %s at epoch %d", output / "last.pt", start_epoch)
+    elif is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        save_config(cfg, output / "config.yaml")
+    train_model = dist_utils.wrap_model(model, device, sync_bn=cfg.train.sync_bn)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    ctx = StepContext(
+        train_model,
+        optimizer,
+        scaler,
+        loss_kwargs(cfg),
+        _augment_config(cfg),
+        device,
+        amp_dtype,
+        cfg.train.channels_last,
+    )
+    sampler = CrossModalitySampler(
+        data.visible.labels,
+        data.infrared.labels,
+        num_ids=d.num_ids,
+        num_instances=d.num_instances,
+        seed=cfg.train.seed,
+        rank=rank,
+        world_size=world,
+    )
+    log = MetricsLog(output, cfg.train.tensorboard, enabled=is_main)
+    test_data: EvalData | None = None
+    steps_per_epoch = len(sampler)
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            _train_epoch(ctx, data, sampler, epoch, cfg, log, steps_per_epoch, progress and is_main)
+            scheduler.step()
+            evals = _periodic_eval(
+                cfg, epoch, model, data, device, log, is_main, (epoch + 1) * steps_per_epoch
+            )
+            if evals.get("validation") is not None:
+                r1 = evals["validation"].plain.mean["rank1"]
+                if best is None or r1 > best["rank1"]:
+                    best = {"epoch": epoch + 1, **evals["validation"].plain.mean}
+                    if is_main:
+                        save_checkpoint(
+                            {
+                                **checkpoint_state(cfg, model, data),
+                                "epoch": epoch + 1,
+                                "validation": best,
+                            },
+                            output / "best.pt",
+                        )
+            if is_main:
+                save_checkpoint(
+                    {
+                        **checkpoint_state(cfg, model, data),
+                        "epoch": epoch + 1,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                        "rng": {"torch": torch.get_rng_state()},
+                        "best": best,
+                    },
+                    output / "last.pt",
+                )
+            dist_utils.barrier()
+        test_result = None
+        if data.has_test:
+            test_data = load_eval_data_for(cfg, progress=progress and is_main)
+            test_result = evaluate_model(
+                model,
+                test_data,
+                device=device,
+                batch_size=cfg.eval.batch_size,
+                flip=cfg.eval.flip,
+                progress=progress and is_main,
+            )
+            if is_main:
+                write_json(test_result.to_json(), output / "test_results.json")
+                log.write(
+                    "test",
+                    cfg.optim.epochs * steps_per_epoch,
+                    monitoring=False,
+                    checkpoint="last",
+                    **test_result.plain.mean,
+                )
+                print(format_table(test_result))
+    finally:
+        log.close()
+    return {"test": test_result.to_json() if test_result else None, "validation": best}
+
+
+def load_eval_data_for(cfg: Config, *, progress: bool) -> EvalData:
+    """The test protocol of the configured data set (as ``dclnet test`` would run it)."""
+    d, e = cfg.data, cfg.eval
+    return load_eval_data(
+        d.dataset,
+        d.root,
+        trial=d.trial,
+        size=(d.height, d.width),
+        cache_dir=d.cache_dir,
+        skip_corrupt=d.skip_corrupt,
+        synthetic_ids=d.synthetic_ids,
+        synthetic_seed=d.synthetic_seed,
+        mode=e.mode,
+        shots=e.shots,
+        sampler=e.sampler,
+        trials=e.trials,
+        direction=e.direction,
+        progress=progress,
+    )
+
+
+def _train_epoch(
+    ctx: StepContext,
+    data: TrainData,
+    sampler: CrossModalitySampler,
+    epoch: int,
+    cfg: Config,
+    log: MetricsLog,
+    steps_per_epoch: int,
+    progress: bool,
+) -> None:
+    sampler.set_epoch(epoch)
+    batches = list(sampler)
+    ctx.model.train()
+    sums: dict[str, Tensor] = {}
+    window = 0
+    start = time.perf_counter()
+    bar = tqdm(
+        BatchPrefetcher(data, batches, pin=ctx.device.type == "cuda"),
+        total=len(batches),
+        desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    for step, (vis, ir, labels) in enumerate(bar):
+        gen = step_generator(cfg.train.seed, epoch, step, sampler.rank)
+        losses = train_step(ctx, vis, ir, labels, gen)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0) + v
+        window += 1
+        last = step == len(batches) - 1
+        if (step + 1) % cfg.train.log_every == 0 or last:
+            means = {k: float(v) / window for k, v in sums.items()}  # the only host sync
+            if not all(math.isfinite(v) for v in means.values()):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1} step {step}: "
+                    f"{means}; lower optim.lr or disable train.amp"
+                )
+            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()})
+            lr = ctx.optimizer.param_groups[0]["lr"]
+            log.write("train", epoch * steps_per_epoch + step + 1, epoch=epoch + 1, lr=lr, **means)
+            sums, window = {}, 0
+    bar.close()
+    elapsed = time.perf_counter() - start
+    images = 2 * len(batches) * cfg.data.num_ids * cfg.data.num_instances
+    log.write(
+        "epoch",
+        (epoch + 1) * steps_per_epoch,
+        epoch=epoch + 1,
+        seconds=elapsed,
+        images_per_s=images / max(elapsed, 1e-9),
+    )
+    logger.info("epoch %d: %.1f s, %.1f images/s", epoch + 1, elapsed, images / elapsed)
+
+
+def _periodic_eval(
+    cfg: Config,
+    epoch: int,
+    model: DCLNet,
+    data: TrainData,
+    device,
+    log: MetricsLog,
+    is_main: bool,
+    step: int,
+) -> dict[str, ProtocolResult]:
+    every, last = cfg.train.eval_every, epoch + 1 == cfg.optim.epochs
+    due = (every > 0 and (epoch + 1) % every == 0) or last
+    results: dict[str, ProtocolResult] = {}
+    if not due:
+        return results
+    if data.validation is not None:
+        res = evaluate_model(
+            model,
+            data.validation,
+            device=device,
+            batch_size=cfg.eval.batch_size,
+            flip=cfg.eval.flip,
+            progress=False,
+        )
+        results["validation"] = res
+        log.write("validation", step, epoch=epoch + 1, **res.plain.mean)
+        if is_main:
+            logger.info(
+                "epoch %d validation: rank-1 %.2f mAP %.2f",
+                epoch + 1,
+                res.plain.mean["rank1"],
+                res.plain.mean["mAP"],
+            )
+    if every > 0 and not last and data.has_test:
+        res = evaluate_model(
+            model,
+            load_eval_data_for(cfg, progress=False),
+            device=device,
+            batch_size=cfg.eval.batch_size,
+            flip=cfg.eval.flip,
+            progress=False,
+        )
+        log.write("monitoring", step, epoch=epoch + 1, uses_test_data=True, **res.plain.mean)
+        if is_main:
+            logger.info(
+                "epoch %d monitoring on TEST data (not used for selection): rank-1 %.2f mAP %.2f",
+                epoch + 1,
+                res.plain.mean["rank1"],
+                res.plain.mean["mAP"],
+            )
+    return results
