@@ -7,6 +7,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _trees import LLCM_CAMS, LLCM_TEST, LLCM_TRAIN, llcm_count, write_llcm_tree
 
@@ -179,3 +180,11 @@ def test_error_unknown_modality_and_trial(root: Path) -> None:
     _raises("visible, infrared", llcm.query_records, listing, LLCM_TEST, "nir")
     _raises("visible, infrared", llcm.gallery_records, listing, LLCM_TEST, "thermal", 0)
     _raises(">= 0", llcm.gallery_records, listing, LLCM_TEST, "visible", -1)
+
+
+def test_gallery_trial_accepts_numpy_integers_only(root: Path) -> None:
+    listing = llcm.list_llcm(root, LLCM_TEST)
+    expected = llcm.gallery_records(listing, LLCM_TEST, "visible", 2)
+    assert llcm.gallery_records(listing, LLCM_TEST, "visible", np.int64(2)) == expected
+    _raises(">= 0", llcm.gallery_records, listing, LLCM_TEST, "visible", True)
+    _raises(">= 0", llcm.gallery_records, listing, LLCM_TEST, "visible", 1.5)

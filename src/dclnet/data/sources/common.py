@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 from dclnet.errors import DataError
 
 #: File-name suffixes that count as images when a folder is listed (case-insensitive).
@@ -45,6 +47,13 @@ def check_choice(name: str, value: _T, choices: Sequence[_T]) -> _T:
         listed = ", ".join(str(c) for c in choices)
         raise DataError(f"unknown {name} {value!r}; choose one of {listed}")
     return value
+
+
+def check_trial_index(trial: object) -> int:
+    """Return a gallery trial (the seed / permutation row) as an ``int >= 0``, else raise."""
+    if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial < 0:
+        raise DataError(f"invalid gallery trial {trial!r}; expected an integer >= 0")
+    return int(trial)
 
 
 def require_dirs(root: Path, names: Iterable[str], dataset: str, expected: str) -> Path:

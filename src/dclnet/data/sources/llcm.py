@@ -31,6 +31,7 @@ from pathlib import Path
 from dclnet.data.records import INFRARED, MODALITIES, VISIBLE, Record
 from dclnet.data.sources.common import (
     check_choice,
+    check_trial_index,
     has_subdirectory,
     list_images,
     missing_people_error,
@@ -155,8 +156,7 @@ def gallery_records(
 ) -> list[Record]:
     """Gallery of ``trial``: one seeded ``choice`` per (id, camera) of ``modality``."""
     check_choice("gallery modality", modality, MODALITIES)
-    if not isinstance(trial, int) or trial < 0:
-        raise DataError(f"invalid gallery trial {trial!r}; expected an integer >= 0")
+    trial = check_trial_index(trial)
     rng = random.Random(trial)  # same stream as random.seed(trial), without global state
     records = []
     for pid in sorted(set(test_ids)):

@@ -42,6 +42,7 @@ import numpy as np
 from dclnet.data.records import INFRARED, MODALITIES, VISIBLE, Record
 from dclnet.data.sources.common import (
     check_choice,
+    check_trial_index,
     has_subdirectory,
     list_images,
     missing_people_error,
@@ -325,8 +326,7 @@ def gallery_records(
     cams = gallery_cams(modality, mode)
     check_choice("number of shots", shots, SHOTS)
     check_choice("gallery sampler", sampler, SAMPLERS)
-    if not isinstance(trial, int) or trial < 0:
-        raise DataError(f"invalid gallery trial {trial!r}; expected an integer >= 0")
+    trial = check_trial_index(trial)
     ids = sorted(set(test_ids))
     if sampler == "seeded":
         picks = seeded_picks(listing, ids, cams, trial, shots)
