@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,15 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
         ``(model in eval mode, checkpoint dict)``.
     """
     from dclnet.models.dclnet import DCLNet
+    from dclnet.models.resnet import RandomInitWarning
 
     state = load_checkpoint(checkpoint)
     args = dict(state["model_args"])
     args["pretrained"] = None
     try:
-        model = DCLNet(**args)
+        with warnings.catch_warnings():  # weights come from the checkpoint, not random init
+            warnings.simplefilter("ignore", RandomInitWarning)
+            model = DCLNet(**args)
     except TypeError as exc:
         raise CheckpointError(
             f"{checkpoint}: model_args {sorted(args)} do not match this dclnet's DCLNet ({exc})"

@@ -1,0 +1,162 @@
+"""End-to-end training: tiny runs on the synthetic set (in memory and written to disk)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dclnet.cli import main
+from dclnet.config import load_config
+from dclnet.data.sources.synthetic import write_regdb, write_sysu
+from dclnet.engine.checkpoint import load_checkpoint
+from dclnet.engine.runs import test_checkpoint as run_test_checkpoint
+from dclnet.engine.train import fit
+from dclnet.errors import CheckpointError
+from dclnet.evaluation.splits import ProtocolSettings
+
+TINY = Path(__file__).resolve().parents[1] / "src" / "dclnet" / "configs" / "tiny.yaml"
+
+
+def _events(run: Path, event: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config(TINY, ["optim.epochs=3", "train.log_every=1"])
+    result = fit(cfg, run, progress=False)
+    return run, result
+
+
+def test_run_folder_contents(tiny_run):
+    run, result = tiny_run
+    for name in ("last.pt", "config.yaml", "metrics.jsonl", "test_results.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "best.pt").exists()  # no validation split configured
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 3 and state["model_args"]["arch"] == "resnet18"
+    assert state["preprocessing"]["height"] == 64 and state["config"]["optim"]["epochs"] == 3
+    assert set(result["test"]) == {"protocol", "trials", "mean", "std"}
+    assert len(result["test"]["trials"]) == 2
+
+
+def test_loss_decreases(tiny_run):
+    run, _ = tiny_run
+    steps = _events(run, "train")
+    assert {"total", "id", "metric", "part_id", "pap", "dcl"} <= set(steps[0])
+    n = max(3, len(steps) // 5)
+    first = sum(s["id"] for s in steps[:n]) / n
+    last = sum(s["id"] for s in steps[-n:]) / n
+    assert last < first
+
+
+def test_resume_gives_identical_next_steps(tmp_path, tiny_run):
+    run, _ = tiny_run
+    part = tmp_path / "part"
+    fit(load_config(TINY, ["optim.epochs=2", "train.log_every=1"]), part, progress=False)
+    fit(
+        load_config(TINY, ["optim.epochs=3", "train.log_every=1"]),
+        part,
+        resume=True,
+        progress=False,
+    )
+    full_steps = [s for s in _events(run, "train") if s["epoch"] == 3]
+    resumed = [s for s in _events(part, "train") if s["epoch"] == 3]
+    assert len(full_steps) == len(resumed) > 0
+    for a, b in zip(full_steps, resumed):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-5, abs=1e-6)
+    wa = load_checkpoint(run / "last.pt")["model"]
+    wb = load_checkpoint(part / "last.pt")["model"]
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+
+
+def test_validation_split_writes_best(tmp_path):
+    cfg = load_config(TINY, ["optim.epochs=1", "train.validation=sysu"])
+    result = fit(cfg, tmp_path / "v", progress=False)
+    assert (tmp_path / "v" / "best.pt").is_file()
+    assert result["validation"]["epoch"] == 1
+    assert _events(tmp_path / "v", "validation")
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, tiny_run):
+    run, _ = tiny_run
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((run / "last.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a dclnet checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    state = load_checkpoint(run / "last.pt")
+    state["model_args"] = {**state["model_args"], "arch": "resnet34"}
+    torch.save(state, tmp_path / "mismatch.pt")
+    settings = ProtocolSettings("synthetic", trials=1)
+    with pytest.raises(CheckpointError, match="do not match"):
+        run_test_checkpoint(
+            tmp_path / "mismatch.pt", settings, root=None, device="cpu", progress=False
+        )
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--config", str(TINY), "--output", str(tmp_path / "nothing"), "--resume"])
+    assert code == 2 and "cannot resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["sysu", "regdb"])
+def test_train_then_test_on_raw_layouts(tmp_path, layout):
+    if layout == "sysu":
+        root = write_sysu(tmp_path / "data", num_ids=16, height=64, width=32)
+        extra, test_args = [], ["--trials", "2"]
+    else:
+        root = write_regdb(
+            tmp_path / "data", num_ids=12, height=64, width=32, images_per_modality=4
+        )
+        extra, test_args = ["--trial", "3"], ["--trial", "3"]
+    cache = tmp_path / "cache"
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--dataset",
+            layout,
+            "--root",
+            str(root),
+            "--config",
+            str(TINY),
+            "--output",
+            str(out),
+            *extra,
+            "optim.epochs=1",
+            f"data.cache_dir={cache}",
+        ]
+    )
+    assert code == 0
+    trained = json.loads((out / "test_results.json").read_text())
+    result_json = tmp_path / "test.json"
+    code = main(
+        [
+            "test",
+            "--checkpoint",
+            str(out / "last.pt"),
+            "--dataset",
+            layout,
+            "--root",
+            str(root),
+            "--cache-dir",
+            str(cache),
+            "--json",
+            str(result_json),
+            "--device",
+            "cpu",
+            *test_args,
+        ]
+    )
+    assert code == 0
+    tested = json.loads(result_json.read_text())
+    assert tested["protocol"]["dataset"] == layout
+    if layout == "regdb":  # same protocol, same model → same numbers as at the end of training
+        assert tested["mean"] == pytest.approx(trained["mean"])
