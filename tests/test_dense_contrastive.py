@@ -160,3 +160,34 @@ def test_rejects_mismatched_masks():
     z_v, z_i, m_v, m_i = _inputs(2, 4, 4, 3, 3)
     with pytest.raises(ValueError, match="masks"):
         dense_contrastive_loss(z_v, z_i, m_v[:, :2], m_i)
+
+
+def test_all_background_both_sides_and_negative_labels():
+    z_v, z_i, m_v, m_i = _inputs(2, 4, 4, 3, 3, seed=9)
+    loss = dense_contrastive_loss(z_v, z_i, torch.zeros_like(m_v), torch.zeros_like(m_i))
+    assert loss.item() == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match=">= 0"):
+        dense_contrastive_loss(z_v, z_i, m_v - 1, m_i)
+
+
+@pytest.mark.parametrize("tau", [0.026, 0.02, 0.005])
+def test_anti_aligned_positives_near_exponent_limits(tau):
+    # Positives at cosine -1 and a negative at +1: the positive sum is e^{-2/tau} relative to
+    # the shift, the extreme the fixed-shift float32 (or float64) path must still resolve.
+    g = torch.Generator().manual_seed(10)
+    e1 = torch.zeros(1, 4, 1, 1)
+    e1[0, 0] = 1.0
+    z_v = (e1.expand(1, 4, 2, 3) + 1e-3 * torch.randn(1, 4, 2, 3, generator=g)).requires_grad_()
+    z_i = torch.cat([-e1, -e1, e1], dim=3).expand(1, 4, 2, 3).clone().requires_grad_()
+    m_v = torch.ones(1, 2, 3, dtype=torch.int64)
+    m_i = torch.tensor([[[1, 1, 2], [1, 1, 2]]])
+    z64 = [z.detach().double().requires_grad_() for z in (z_v, z_i)]
+    ref = dense_contrastive_loss_naive(*z64, m_v, m_i, tau=tau)  # float64 reference
+    got = dense_contrastive_loss(z_v, z_i, m_v, m_i, tau=tau)
+    # 6 visible anchors at ~2/tau, 4 infrared anchors at 0 (positives = all visible pixels)
+    assert torch.isfinite(got) and got.item() == pytest.approx(1.2 / tau, rel=2e-2)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    for g_got, g_ref in zip(_grads(got, z_v, z_i), _grads(ref, *z64)):
+        scale = g_ref.abs().max().item()
+        # float32 normalisation of nearly parallel inputs limits agreement to ~1e-5 of scale
+        torch.testing.assert_close(g_got.double(), g_ref, rtol=1e-3, atol=1e-4 * scale)

@@ -13,14 +13,17 @@ mean over all valid anchors of both directions and all pairs.
 
 :func:`dense_contrastive_loss_naive` materialises the ``N x HW x HW`` similarities and lets
 autograd differentiate them (the reference). :func:`dense_contrastive_loss` computes the
-same value and gradient chunk by chunk over visible anchors with a custom autograd function:
-the forward pass keeps only per-anchor log-sum-exps (``N x HW`` each; the infrared
-direction's column statistics are accumulated online across chunks), and the backward pass
-recomputes each chunk's similarities, so peak memory is ``O(N x chunk x HW)`` instead of
-several ``N x HW x HW`` tensors.
+same value and gradient chunk by chunk over visible anchors with a custom autograd function
+(see :class:`_DenseContrastive`): the forward pass keeps only per-anchor sums (``N x HW``;
+the infrared direction's column sums accumulate across chunks), and the backward pass
+recomputes each chunk's similarities, so the extra memory is two ``N x chunk x HW`` tensors
+instead of several ``N x HW x HW`` ones, and far fewer element-wise passes run.
 
-Both run in float32 (float64 inputs stay float64, for gradcheck) with autocast disabled:
-``e^{1/tau} = e^{20}`` overflows float16.
+Numerics: both run with autocast disabled in float32 (float64 inputs stay float64, for
+gradcheck): ``e^{1/tau} = e^{20}`` overflows float16. The naive form shifts by the maximum
+(``torch.logsumexp``); the chunked form shifts by the bound ``1/tau`` of the normalised
+similarities and switches to float64 when ``2/tau`` exceeds float32's exponent range
+(``tau < 0.025``).
 """
 
 from __future__ import annotations
@@ -89,98 +92,107 @@ def dense_contrastive_loss_naive(
         return (loss_v.sum() + loss_i.sum()) / count.clamp_min(1)
 
 
-def _online_lse_update(m: Tensor, s: Tensor, chunk_s: Tensor) -> tuple[Tensor, Tensor]:
-    """Fold ``chunk_s`` (``N x c x Q``, may hold -inf) into running column max/sum (``N x Q``)."""
-    new_m = torch.maximum(m, chunk_s.amax(dim=1))  # N x Q
-    shift = torch.where(torch.isfinite(new_m), new_m, torch.zeros_like(new_m))
-    s = s * torch.exp(m - shift) + torch.exp(chunk_s - shift.unsqueeze(1)).sum(dim=1)
-    return new_m, s
+# exp(-80) ~ 1.8e-35 is still a normal float32 (and exp(-700) a normal float64): with every
+# s(p, q) in [-1/tau, 1/tau], exp(s - 1/tau) neither overflows nor loses precision to
+# denormals while 2/tau stays below these ranges.
+_EXP_RANGE = {torch.float32: 80.0, torch.float64: 700.0}
 
 
-def _finalise(lse: Tensor) -> Tensor:
-    """Invalid anchors (no positive: -inf) get +inf so that ``exp(s - lse)`` is 0 in backward."""
-    return torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
+def _compute_dtype(dtype: torch.dtype, tau: float) -> torch.dtype:
+    """float32 (float64 inputs stay float64); float64 when 2/tau exceeds float32's range."""
+    if dtype != torch.float64 and 2.0 / tau <= _EXP_RANGE[torch.float32]:
+        return torch.float32
+    if 2.0 / tau > _EXP_RANGE[torch.float64]:
+        raise ValueError(f"tau must be > {2.0 / _EXP_RANGE[torch.float64]:.4f}, got {tau}")
+    return torch.float64
+
+
+def _indicators(labels: Tensor, num_labels: int, dtype: torch.dtype) -> Tensor:
+    """``N x M`` labels -> ``N x M x L``: column 0 all ones, column l = [label == l]."""
+    ind = F.one_hot(labels, num_labels).to(dtype)
+    ind[..., 0] = 1.0
+    return ind
+
+
+def _shifted_exp(a: Tensor, bt: Tensor, tau: float) -> Tensor:
+    """``exp(s - 1/tau)`` for anchors ``N x c x C`` against ``bt`` ``N x C x Q``: ``N x c x Q``."""
+    shift = a.new_full((1, 1, 1), -1.0 / tau)
+    return torch.baddbmm(shift, a, bt, alpha=1.0 / tau).exp_()
 
 
 class _DenseContrastive(torch.autograd.Function):
-    """Chunked dense contrastive loss on normalised features with recomputation in backward.
+    """Chunked dense contrastive loss on normalised features, recomputing ``exp(s)`` in backward.
 
-    Inputs: ``a`` ``N x A x C`` and ``b`` ``N x Q x C`` (normalised float32), ``la`` ``N x A``
-    and ``lb`` ``N x Q`` labels where background is already mapped to -2 / -1 so that
-    ``la == lb`` is exactly the positive relation.
+    Inputs: ``a`` ``N x A x C`` and ``b`` ``N x Q x C`` (normalised), labels ``la`` ``N x A``
+    and ``lb`` ``N x Q`` in ``0..L-1``. Since ``|s| <= 1/tau``, every sum of exponentials
+    is taken with the fixed shift ``1/tau``, which cancels in ``lse_all - lse_pos``. With
+    ``E = exp(s - 1/tau)``, the sums over all ``q`` and per label of ``q`` are one product
+    ``E @ [1 | onehot(lb)]``, and the column sums ``[1 | onehot(la)]^T @ E`` accumulate across
+    chunks. The gradient ``dL/ds = E * M`` has
+    ``M(p, q) = ra(p) + ca(q) - [la(p) = lb(q) > 0] (rp(p) + cp(q))`` (``r*``, ``c*``: inverse
+    sums of valid anchors, 0 otherwise), a rank-``2L`` matrix built by one small product.
     """
 
     @staticmethod
-    def forward(ctx, a, b, la, lb, tau: float, chunk: int):  # noqa: D102
+    def forward(ctx, a, b, la, lb, num_labels: int, tau: float, chunk: int):  # noqa: D102
         n, num_a, _ = a.shape
-        num_q = b.shape[1]
-        a_s = a / tau  # N x A x C, folds the temperature into the anchors
+        ua = _indicators(la, num_labels, a.dtype)  # N x A x L
+        vb = _indicators(lb, num_labels, a.dtype)  # N x Q x L
         bt = b.transpose(1, 2)  # N x C x Q
-        row_all = a.new_empty(n, num_a)
-        row_pos = a.new_empty(n, num_a)
-        col_m = a.new_full((n, num_q), float("-inf"))
-        col_s = a.new_zeros(n, num_q)
-        colp_m = a.new_full((n, num_q), float("-inf"))
-        colp_s = a.new_zeros(n, num_q)
+        row_all, row_pos = a.new_empty(n, num_a), a.new_empty(n, num_a)
+        col = a.new_zeros(n, num_labels, b.shape[1])  # N x L x Q
         for start in range(0, num_a, chunk):
             r = slice(start, start + chunk)
-            s = torch.bmm(a_s[:, r], bt)  # N x c x Q
-            pos = la[:, r].unsqueeze(2) == lb.unsqueeze(1)  # N x c x Q
-            row_all[:, r] = torch.logsumexp(s, dim=2)
-            col_m, col_s = _online_lse_update(col_m, col_s, s)
-            s_pos = s.masked_fill_(~pos, float("-inf"))  # in place: s is not needed any more
-            row_pos[:, r] = torch.logsumexp(s_pos, dim=2)
-            colp_m, colp_s = _online_lse_update(colp_m, colp_s, s_pos)
-            del s, s_pos, pos
-        col_all = col_m + torch.log(col_s)  # N x Q
-        col_pos = colp_m + torch.log(colp_s)  # -inf where an infrared anchor has no positive
-        valid_row = torch.isfinite(row_pos)  # N x A (label 0 never matches, so it is -inf)
-        valid_col = torch.isfinite(col_pos)  # N x Q
+            e = _shifted_exp(a[:, r], bt, tau)  # N x c x Q
+            per_label = torch.bmm(e, vb)  # N x c x L: all q, then q of each label
+            row_all[:, r] = per_label[..., 0]
+            row_pos[:, r] = per_label.gather(2, la[:, r].unsqueeze(2)).squeeze(2)
+            col.baddbmm_(ua[:, r].transpose(1, 2), e)  # N x L x Q
+            del e, per_label
+        col_all = col[:, 0]  # N x Q
+        col_pos = col.gather(1, lb.unsqueeze(1)).squeeze(1)  # N x Q
+        # Valid anchor: foreground and its label present in the other image (exact counts).
+        valid_row = (la > 0) & (vb.sum(dim=1) > 0).gather(1, la)  # N x A
+        valid_col = (lb > 0) & (ua.sum(dim=1) > 0).gather(1, lb)  # N x Q
         count = (valid_row.sum() + valid_col.sum()).clamp_min(1).to(a.dtype)
-        total = (
-            torch.where(valid_row, row_all - row_pos, 0.0).sum()
-            + torch.where(valid_col, col_all - col_pos, 0.0).sum()
-        )
-        row_all = torch.where(valid_row, row_all, float("inf"))
-        col_all = torch.where(valid_col, col_all, float("inf"))
-        ctx.save_for_backward(
-            a, b, la, lb, row_all, _finalise(row_pos), col_all, _finalise(col_pos), count
-        )
+        total = torch.where(valid_row, row_all.log() - row_pos.log(), 0.0).sum()
+        total = total + torch.where(valid_col, col_all.log() - col_pos.log(), 0.0).sum()
+        inv = [
+            torch.where(v, 1.0 / x, 0.0)
+            for v, x in (
+                (valid_row, row_all),
+                (valid_row, row_pos),
+                (valid_col, col_all),
+                (valid_col, col_pos),
+            )
+        ]
+        ctx.save_for_backward(a, b, ua, vb, *inv, count)
         ctx.tau, ctx.chunk = tau, chunk
         return total / count
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
-        a, b, la, lb, row_all, row_pos, col_all, col_pos, count = ctx.saved_tensors
+        a, b, ua, vb, ra, rp, ca, cp, count = ctx.saved_tensors
         tau, chunk = ctx.tau, ctx.chunk
         with torch.autocast(device_type=a.device.type, enabled=False):
-            grad_out = grad_out.to(a.dtype)
-            scale = grad_out / (count * tau)
-            a_s = a / tau
+            ones_a, ones_b = ra.new_ones(*ra.shape, 1), ca.new_ones(*ca.shape, 1)
+            oa, ob = ua[..., 1:], vb[..., 1:]  # N x A x (L-1), N x Q x (L-1)
+            u = torch.cat([ra.unsqueeze(2), ones_a, -oa * rp.unsqueeze(2), -oa], dim=2)
+            v = torch.cat([ones_b, ca.unsqueeze(2), ob, ob * cp.unsqueeze(2)], dim=2)
+            u = u * (grad_out.to(a.dtype) / (count * tau))  # N x A x 2L, folds dL/dloss, 1/tau
+            vt = v.transpose(1, 2)  # N x 2L x Q
             bt = b.transpose(1, 2)  # N x C x Q
             grad_a = torch.empty_like(a)
             grad_b = torch.zeros_like(b)
-            col_all_u, col_pos_u = col_all.unsqueeze(1), col_pos.unsqueeze(1)  # N x 1 x Q
             for start in range(0, a.shape[1], chunk):
                 r = slice(start, start + chunk)
-                s = torch.bmm(a_s[:, r], bt)  # N x c x Q
-                not_pos = la[:, r].unsqueeze(2) != lb.unsqueeze(1)  # N x c x Q
-                # dL/ds = softmax_all - softmax_pos, row-wise (visible anchors) plus
-                # column-wise (infrared anchors); invalid anchors have lse = +inf -> 0.
-                g = (s - row_all[:, r].unsqueeze(2)).exp_()  # N x c x Q
-                tmp = (s - row_pos[:, r].unsqueeze(2)).exp_().masked_fill_(not_pos, 0.0)
-                g.sub_(tmp)
-                torch.sub(s, col_all_u, out=tmp).exp_()
-                g.add_(tmp)
-                del tmp
-                s.sub_(col_pos_u).exp_().masked_fill_(not_pos, 0.0)
-                g.sub_(s).mul_(scale)
-                del s, not_pos
+                g = _shifted_exp(a[:, r], bt, tau)  # N x c x Q
+                g.mul_(torch.bmm(u[:, r], vt))  # dL/ds * (1/tau)
                 grad_a[:, r] = torch.bmm(g, b)  # N x c x C
-                grad_b.add_(torch.bmm(g.transpose(1, 2), a[:, r]))  # N x Q x C
+                grad_b.baddbmm_(g.transpose(1, 2), a[:, r])  # N x Q x C
                 del g
-        return grad_a, grad_b, None, None, None, None
+        return grad_a, grad_b, None, None, None, None, None
 
 
 def dense_contrastive_loss(
@@ -200,8 +212,8 @@ def dense_contrastive_loss(
         m_v: ``N x H x W`` int64 part labels ``0..P`` of the visible pixels (0 = ignore).
         m_i: ``N x H' x W'`` int64 part labels of the infrared pixels.
         tau: temperature.
-        chunk_size: visible anchors per image processed at once; peak extra memory is a few
-            ``N x chunk_size x H'W'`` float32 tensors.
+        chunk_size: visible anchors per image processed at once; peak extra memory is about
+            two ``N x chunk_size x H'W'`` float32 tensors.
 
     Returns:
         Scalar float32 loss (float64 for float64 inputs); a zero that carries gradient
@@ -210,10 +222,13 @@ def dense_contrastive_loss(
     _check_inputs(z_v, z_i, m_v, m_i)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    labels = torch.stack([m_v.min(), m_i.min(), m_v.max(), m_i.max()]).tolist()
+    if min(labels[:2]) < 0:
+        raise ValueError(f"mask labels must be >= 0, got minimum {min(labels[:2])}")
     with torch.autocast(device_type=z_v.device.type, enabled=False):
-        a = _flatten_normalised(z_v)  # N x HW x C
-        b = _flatten_normalised(z_i)  # N x HW' x C
-        # Background never matches: -2 on the anchor side, -1 on the other.
-        la = torch.where(m_v > 0, m_v, -2).flatten(1)  # N x HW
-        lb = torch.where(m_i > 0, m_i, -1).flatten(1)  # N x HW'
-        return _DenseContrastive.apply(a, b, la, lb, float(tau), int(chunk_size))
+        dtype = _compute_dtype(z_v.dtype, tau)
+        a = _flatten_normalised(z_v).to(dtype)  # N x HW x C
+        b = _flatten_normalised(z_i).to(dtype)  # N x HW' x C
+        la, lb = m_v.flatten(1), m_i.flatten(1)  # N x HW, N x HW'
+        loss = _DenseContrastive.apply(a, b, la, lb, int(max(labels[2:])) + 1, tau, chunk_size)
+        return loss.to(torch.float64 if z_v.dtype == torch.float64 else torch.float32)
