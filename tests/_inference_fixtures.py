@@ -91,3 +91,26 @@ def write_truncated_jpeg(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run an inference sub-command like ``dclnet`` does (``error:`` line and 2 on DclnetError).
+
+    The parser is built here from :func:`dclnet.inference.commands.register`, so these tests
+    do not depend on ``dclnet.cli`` wiring.
+    """
+    import argparse
+    import sys
+
+    from dclnet.errors import DclnetError
+    from dclnet.inference.commands import register
+
+    parser = argparse.ArgumentParser(prog="dclnet")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except DclnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -43,10 +43,10 @@ def build_optimizer(
         },
     ]
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
     if name == "sgd":
         return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True, foreach=True
         )
     raise ValueError(f"unknown optimizer {name!r}; valid: adam, sgd")
 

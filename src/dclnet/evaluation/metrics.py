@@ -199,7 +199,7 @@ def _count_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """AP, INP and CMC hit rank of the valid queries of a chunk, by counting (no sort)."""
     num_rows, num_gallery = sim.shape
-    dist = 0.0 - sim  # Qc x G; 0 - s rather than -s: no -0.0, so +0/-0 compare as ties
+    dist = -sim  # Qc x G; comparisons treat -0.0 and +0.0 as the tie they are
     cols = gallery.columns_of(q_lab)  # Qc x P
     safe_cols = cols.clamp_max(num_gallery - 1)
     is_match = cols < num_gallery
