@@ -1,0 +1,297 @@
+"""Gallery index and top-k search: brute-force equality, chunking, ties, reuse, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from _inference_fixtures import make_checkpoint, run_cli, write_sysu_images, write_truncated_jpeg
+
+from dclnet.errors import DataError, DclnetError
+from dclnet.inference.api import Embedder
+from dclnet.inference.index import (
+    build_index,
+    list_images,
+    load_index,
+    save_index,
+    search,
+    topk_search,
+    write_index,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def brute_force(queries: torch.Tensor, gallery: torch.Tensor, k: int):
+    """Full ``Q x G`` matrix, then a stable descending argsort (ties: lower index first)."""
+    sim = (queries @ gallery.T).numpy()
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sim, order, axis=1), order
+
+
+# -- pure top-k ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size,query_chunk", [(5, 3), (17, 100), (1000, 1), (1, 2)])
+def test_topk_equals_brute_force(chunk_size, query_chunk):
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(7, 16, generator=gen), dim=1)
+    gallery = torch.nn.functional.normalize(torch.randn(53, 16, generator=gen), dim=1)
+    want_s, want_i = brute_force(queries, gallery, 10)
+    for g in (gallery, gallery.numpy()):
+        s, i = topk_search(queries, g, 10, chunk_size=chunk_size, query_chunk=query_chunk)
+        assert s.shape == i.shape == (7, 10) and i.dtype == torch.int64
+        np.testing.assert_array_equal(i.numpy(), want_i)
+        np.testing.assert_allclose(s.numpy(), want_s, atol=1e-6)
+
+
+def test_topk_ties_keep_gallery_order():
+    gen = torch.Generator().manual_seed(1)
+    # Small integers: every dot product is exact, and many are equal (within and across chunks).
+    queries = torch.randint(0, 3, (6, 4), generator=gen).float()
+    gallery = torch.randint(0, 3, (40, 4), generator=gen).float()
+    gallery[30] = gallery[2]  # an exact duplicate far from its twin
+    want_s, want_i = brute_force(queries, gallery, 40)
+    assert (np.diff(want_s, axis=1) == 0).sum() > 50  # the case is really full of ties
+    for chunk in (3, 7, 40):
+        s, i = topk_search(queries, gallery, 40, chunk_size=chunk)
+        np.testing.assert_array_equal(i.numpy(), want_i)
+        np.testing.assert_array_equal(s.numpy(), want_s)
+
+
+def test_topk_caps_k_and_checks_arguments():
+    q, g = torch.eye(2, 3), torch.eye(3)
+    s, i = topk_search(q, g, 10, chunk_size=2)
+    assert i.tolist() == [[0, 1, 2], [1, 0, 2]] and s[:, 0].tolist() == [1.0, 1.0]
+    with pytest.raises(DclnetError, match="top-k"):
+        topk_search(q, g, 0)
+
+
+# -- index and search with a model ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Checkpoint, a visible gallery folder and an infrared query folder (SYSU layout)."""
+    base = tmp_path_factory.mktemp("search")
+    return {
+        "ckpt": make_checkpoint(base / "model.pt"),
+        "other": make_checkpoint(base / "other.pt", seed=5),
+        "gallery": write_sysu_images(base / "gallery", "visible"),
+        "queries": write_sysu_images(base / "queries", "infrared", limit=4),
+        "base": base,
+    }
+
+
+@pytest.fixture(scope="module")
+def embedder(world):
+    return Embedder.from_checkpoint(world["ckpt"], device="cpu")
+
+
+def test_list_images(tmp_path):
+    for name in ("b/2.JPG", "a/x/1.png", "c.bmp", "d.jpeg", "notes.txt", "e.gif"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert list_images(tmp_path) == ["a/x/1.png", "b/2.JPG", "c.bmp", "d.jpeg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty holds no image files"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(DataError, match="not a directory"):
+        list_images(tmp_path / "c.bmp")
+
+
+def test_index_contents(world, embedder, tmp_path):
+    index = write_index(embedder, world["gallery"], "visible", tmp_path / "idx", progress=False)
+    rel = list_images(world["gallery"])
+    assert index.paths == rel and all(p.startswith("cam") and "\\" not in p for p in rel)
+    assert index.modality == "visible" and index.identity == embedder.identity
+    assert index.root == str(world["gallery"].resolve())
+    want = embedder.embed([world["gallery"] / p for p in rel], "visible")
+    np.testing.assert_allclose(index.embeddings, want.numpy(), atol=1e-5)
+    assert isinstance(index.embeddings, np.memmap)
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["checkpoint_identity"] == embedder.identity and meta["count"] == len(rel)
+    # In-memory build and save give the same index; rewriting replaces it atomically.
+    memory = build_index(embedder, world["gallery"], "visible", batch_size=7, progress=False)
+    np.testing.assert_allclose(memory.embeddings, want.numpy(), atol=1e-5)
+    save_index(memory, tmp_path / "idx")
+    assert load_index(tmp_path / "idx").paths == rel
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary left over
+
+
+def test_search_equals_brute_force_on_embeddings(world, embedder):
+    index = build_index(embedder, world["gallery"], "visible", progress=False)
+    queries = [str(world["queries"] / p) for p in list_images(world["queries"])]
+    results = search(embedder, index, queries, "infrared", topk=6, chunk_size=4)
+    q = embedder.embed(queries, "infrared")
+    want_s, want_i = brute_force(q, torch.from_numpy(index.embeddings), 6)
+    assert [r.query for r in results] == queries
+    for r, ws, wi in zip(results, want_s, want_i):
+        assert r.paths == [index.paths[g] for g in wi]
+        np.testing.assert_allclose(r.scores, ws, atol=1e-5)
+
+
+def test_saved_index_is_reused_without_reembedding(world, tmp_path, monkeypatch):
+    idx = tmp_path / "idx"
+    ckpt = str(world["ckpt"])
+    assert (
+        run_cli(
+            [
+                "index",
+                "--checkpoint",
+                ckpt,
+                "--modality",
+                "visible",
+                "--images",
+                str(world["gallery"]),
+                "--output",
+                str(idx),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    embedded: list[str] = []
+    original = Embedder.embed_paths_streaming
+
+    def recording(self, paths, *args, **kwargs):
+        embedded.extend(str(p) for p in paths)
+        return original(self, paths, *args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the gallery must not be embedded again")
+
+    monkeypatch.setattr(Embedder, "embed_paths_streaming", recording)
+    monkeypatch.setattr("dclnet.inference.index.build_index", refuse)
+    monkeypatch.setattr("dclnet.inference.index.write_index", refuse)
+    outputs = []
+    for n in range(2):
+        out = tmp_path / f"r{n}.json"
+        argv = [
+            "search",
+            "--checkpoint",
+            ckpt,
+            "--index",
+            str(idx),
+            "--query",
+            str(world["queries"]),
+            "--topk",
+            "5",
+            "--json",
+            str(out),
+            "--chunk-size",
+            "3",
+        ]
+        assert run_cli(argv) == 0
+        outputs.append(json.loads(out.read_text()))
+    queries = list_images(world["queries"])
+    assert embedded == [str(world["queries"] / p) for p in queries] * 2  # only the queries
+    assert outputs[0] == outputs[1]
+    assert [len(e["results"]) for e in outputs[0]] == [5] * len(queries)
+
+
+def test_cli_outputs_and_on_the_fly_gallery(world, tmp_path, capsys):
+    ckpt = str(world["ckpt"])
+    query = str(world["queries"] / list_images(world["queries"])[0])
+    j, c = tmp_path / "r.json", tmp_path / "r.csv"
+    argv = [
+        "search",
+        "--checkpoint",
+        ckpt,
+        "--gallery",
+        str(world["gallery"]),
+        "--gallery-modality",
+        "visible",
+        "--query",
+        query,
+        "--query-modality",
+        "infrared",
+        "--topk",
+        "3",
+        "--json",
+        str(j),
+        "--csv",
+        str(c),
+        "--no-progress",
+    ]
+    assert run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "1 infrared queries against" in printed and query in printed
+    entries = json.loads(j.read_text())
+    assert len(entries) == 1 and entries[0]["query"] == query
+    scores = [r["score"] for r in entries[0]["results"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 3
+    rows = list(csv.DictReader(c.open()))
+    assert [r["rank"] for r in rows] == ["1", "2", "3"]
+    assert [r["path"] for r in rows] == [r["path"] for r in entries[0]["results"]]
+    assert all(r["query"] == query for r in rows)
+
+
+def test_index_from_another_model_is_refused(world, embedder, tmp_path, capsys):
+    write_index(embedder, world["gallery"], "visible", tmp_path / "idx", progress=False)
+    argv = [
+        "search",
+        "--checkpoint",
+        str(world["other"]),
+        "--index",
+        str(tmp_path / "idx"),
+        "--query",
+        str(world["queries"]),
+    ]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: index") and "different model" in err and err.count("\n") == 1
+    other = Embedder.from_checkpoint(world["other"], device="cpu")
+    with pytest.raises(DclnetError, match="different model"):
+        search(other, load_index(tmp_path / "idx"), [world["gallery"] / "x.jpg"], "infrared")
+
+
+def test_bad_inputs(world, embedder, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    ckpt = str(world["ckpt"])
+    argv = [
+        "index",
+        "--checkpoint",
+        ckpt,
+        "--modality",
+        "visible",
+        "--images",
+        str(tmp_path / "empty"),
+        "--output",
+        str(tmp_path / "idx"),
+    ]
+    assert run_cli(argv) == 2
+    assert "holds no image files" in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a dclnet index"):
+        write_index(embedder, world["gallery"], "visible", tmp_path / "taken")
+    with pytest.raises(DataError, match="not a dclnet index"):
+        load_index(tmp_path / "taken")
+    with pytest.raises(DclnetError, match="unknown modality 'rgb'"):
+        write_index(embedder, world["gallery"], "rgb", tmp_path / "idx")
+    capsys.readouterr()
+    assert run_cli(["search", "--checkpoint", ckpt, "--query", str(world["queries"])]) == 2
+    assert "exactly one of --index" in capsys.readouterr().err
+    missing = ["search", "--checkpoint", ckpt, "--index", str(tmp_path / "idx"), "--query", "no"]
+    assert run_cli(missing) == 2
+    assert "no does not exist" in capsys.readouterr().err
+
+
+def test_corrupt_gallery_image(world, embedder, tmp_path):
+    gallery = write_sysu_images(tmp_path / "g", "visible", limit=5)
+    write_truncated_jpeg(gallery / "cam1" / "0009" / "0001.jpg")
+    with pytest.raises(DataError, match="0009/0001.jpg"):
+        write_index(embedder, gallery, "visible", tmp_path / "idx", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]  # nothing half-written
+    index = write_index(
+        embedder, gallery, "visible", tmp_path / "idx", skip_corrupt=True, progress=False
+    )
+    assert len(index) == 5 and "cam1/0009/0001.jpg" not in index.paths
+    assert index.embeddings.shape == (5, 512)
+    want = embedder.embed([gallery / p for p in index.paths], "visible")
+    np.testing.assert_allclose(index.embeddings, want.numpy(), atol=1e-5)
