@@ -133,6 +133,39 @@ def _register_search(sub) -> None:
     p.set_defaults(func=cmd_search)
 
 
+# -- export ---------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from dclnet.inference.api import Embedder
+    from dclnet.inference.export import export_embedding
+
+    embedder = Embedder.from_checkpoint(args.checkpoint, "cpu")  # exported from a CPU copy
+    report = export_embedding(embedder, args.modality, args.format, args.output)
+    print(
+        f"exported the {args.modality} embedding path ({args.format}, dynamic batch, "
+        f"{embedder.embed_dim}-d output) in {report.seconds:.1f} s -> {report.path}"
+    )
+    print(f"preprocessing and input/output names -> {report.sidecar}")
+    if report.max_abs_diff is None:
+        print("not checked: onnxruntime is not installed (pip install 'dclnet[export]')")
+    else:
+        runtime = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
+        print(
+            f"checked with {runtime} on a batch of {report.check_batch}: "
+            f"max |exported - PyTorch| = {report.max_abs_diff:.2e}"
+        )
+
+
+def _register_export(sub) -> None:
+    p = sub.add_parser("export", help="export one modality's embedding path (ONNX/TorchScript)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint from dclnet train")
+    p.add_argument("--modality", required=True, choices=MODALITIES, help="branch to export")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--output", type=Path, required=True, help="file to write (+ FILE.json)")
+    p.set_defaults(func=cmd_export)
+
+
 def register(sub) -> None:
     """Add ``index``, ``search``, ``visualize`` and ``export`` to ``dclnet``'s sub-parsers.
 
@@ -141,3 +174,4 @@ def register(sub) -> None:
     """
     _register_index(sub)
     _register_search(sub)
+    _register_export(sub)
