@@ -129,7 +129,7 @@ def _assert_same(got: RankingMetrics, want: RankingMetrics) -> None:
     assert (got.num_valid, got.num_query) == (want.num_valid, want.num_query)
 
 
-@pytest.mark.parametrize("max_counted", [0, 32], ids=["sorting", "counting"])
+@pytest.mark.parametrize("max_counted", [0, 10**9], ids=["sorting", "counting"])
 @pytest.mark.parametrize("kind", ["int", "float32", "float64"])
 def test_matches_reference_on_random_cases(monkeypatch, max_counted, kind):
     monkeypatch.setattr(metrics, "_MAX_COUNTED_MATCHES", max_counted)
@@ -153,16 +153,20 @@ def test_matches_reference_on_random_cases(monkeypatch, max_counted, kind):
     assert compared > 100 and skipped > 0  # the cases really cover both outcomes
 
 
-def test_many_images_per_identity_sorts_and_agrees():
-    # More than 32 gallery images of one identity switches to the sorting path.
+def test_many_images_per_identity_sorts_and_agrees(monkeypatch):
+    # More than 40 gallery images of one identity switches to the sorting path.
+    calls = []
+    sort_chunk = metrics._sort_chunk
+    monkeypatch.setattr(metrics, "_sort_chunk", lambda *a: calls.append(1) or sort_chunk(*a))
     rng = np.random.default_rng(5)
-    g_lab = np.repeat([1, 2], 40)
+    g_lab = np.repeat([1, 2], 45)
     q_lab = rng.choice([1, 2, 3], 25)
-    sim = rng.integers(0, 6, (25, 80)).astype(np.float32)
-    q_cam, g_cam = rng.choice([2, 3], 25), rng.integers(1, 7, 80)
+    sim = rng.integers(0, 6, (25, 90)).astype(np.float32)
+    q_cam, g_cam = rng.choice([2, 3], 25), rng.integers(1, 7, 90)
     for rule in RULES:
         want = reference_evaluate_ranking(sim, q_lab, g_lab, q_cam, g_cam, rule=rule)
         _assert_same(evaluate_ranking(sim, q_lab, g_lab, q_cam, g_cam, rule=rule), want)
+    assert calls
 
 
 def test_tensor_and_array_inputs_agree():
