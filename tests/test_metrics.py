@@ -215,6 +215,7 @@ def test_curve_length_and_accessors():
         ({"similarity": np.zeros((2, 0))}, "similarity is empty"),
         ({"similarity": np.array([[0, np.nan, 0, 0]] * 2)}, "NaN"),
         ({"query_labels": np.array([1.0, 2.0])}, "query_labels must hold integers"),
+        ({"gallery_labels": ["a", "b", "c", "d"]}, "gallery_labels must be numeric"),
         ({"max_rank": 0}, "max_rank must be >= 1"),
         ({"chunk_size": 0}, "chunk_size must be >= 1"),
         ({"query_labels": np.array([8, 9])}, "no query has a true match"),

@@ -336,7 +336,7 @@ def _validated(
         raise DclnetError(f"unknown ranking rule {rule!r}; valid rules: {', '.join(RULES)}")
     if max_rank < 1:
         raise DclnetError(f"max_rank must be >= 1, got {max_rank}")
-    sim = _tensor(similarity)
+    sim = _tensor(similarity, "similarity")
     if sim.dim() != 2:
         raise DclnetError(f"similarity must be 2-D (queries x gallery), got {tuple(sim.shape)}")
     if sim.dtype not in (torch.float32, torch.float64):
@@ -353,7 +353,7 @@ def _validated(
         ("query_cams", query_cams, num_query),
         ("gallery_cams", gallery_cams, num_gallery),
     ):
-        vector = _tensor(value)
+        vector = _tensor(value, name)
         if tuple(vector.shape) != (size,):
             raise DclnetError(
                 f"{name} has shape {tuple(vector.shape)}, expected ({size},) to match "
@@ -365,8 +365,11 @@ def _validated(
     return (sim, *vectors)
 
 
-def _tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
+def _tensor(value: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     """A tensor view of an array-like (NumPy arrays of any strides, lists, tensors)."""
     if isinstance(value, torch.Tensor):
         return value
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
+    array = np.ascontiguousarray(np.asarray(value))
+    if array.dtype.kind not in "biuf":
+        raise DclnetError(f"{name} must be numeric, got dtype {array.dtype}")
+    return torch.from_numpy(array)
