@@ -43,7 +43,9 @@ def k_reciprocal_rerank(
     """Re-ranked query-gallery distances (smaller = closer).
 
     Runs in float32 on the device of ``query_features`` when it is a tensor. ``k1`` and
-    ``k2`` are clamped to the number of images.
+    ``k2`` are clamped to the number of images. Exactly tied distances among an image's
+    nearest neighbours (duplicate images) are ordered as ``torch.topk`` returns them, which
+    is deterministic on a given device.
 
     Args:
         query_features: ``Q x D`` features.
