@@ -16,6 +16,7 @@ from dclnet.inference.export import EmbeddingNet, export_embedding
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),  # still asked for
+    pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec:FutureWarning"),  # torch.export
 ]
 
 

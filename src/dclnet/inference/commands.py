@@ -133,6 +133,133 @@ def _register_search(sub) -> None:
     p.set_defaults(func=cmd_search)
 
 
+# -- visualize ------------------------------------------------------------------------------
+
+
+def _wrote(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        print(f"wrote {path} ({im.width} x {im.height} pixels)")
+
+
+def cmd_visualize_ranks(args: argparse.Namespace) -> None:
+    from dclnet.inference.visualize import label_reader, plot_ranks, read_results
+
+    _wrote(
+        plot_ranks(
+            read_results(args.results),
+            args.output,
+            labels=label_reader(args.labels),
+            gallery_root=args.gallery_root,
+            max_queries=args.max_queries,
+            topk=args.topk,
+        )
+    )
+
+
+def cmd_visualize_masks(args: argparse.Namespace) -> None:
+    from dclnet.inference.index import expand_inputs
+    from dclnet.inference.visualize import plot_masks
+
+    paths = expand_inputs(args.images)[: args.max_images]
+    _wrote(plot_masks(_embedder(args), paths, args.modality, args.output))
+
+
+def cmd_visualize_correspondence(args: argparse.Namespace) -> None:
+    from dclnet.inference.visualize import plot_correspondence
+
+    out = plot_correspondence(
+        _embedder(args),
+        args.visible,
+        args.infrared,
+        args.output,
+        top=args.top,
+        mutual=not args.all_best,
+        foreground=args.foreground,
+    )
+    _wrote(out)
+
+
+def cmd_visualize_embedding(args: argparse.Namespace) -> None:
+    from dclnet.inference.index import expand_inputs
+    from dclnet.inference.visualize import label_reader
+    from dclnet.inference.visualize_embedding import plot_image_embeddings
+
+    out = plot_image_embeddings(
+        _embedder(args),
+        expand_inputs(args.visible or []),
+        expand_inputs(args.infrared or []),
+        args.output,
+        labels=label_reader(args.labels),
+        method=args.method,
+        perplexity=args.perplexity,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    _wrote(out)
+
+
+def cmd_visualize_curves(args: argparse.Namespace) -> None:
+    from dclnet.inference.visualize_curves import plot_curves, read_metrics
+
+    _wrote(plot_curves(read_metrics(args.run), args.output, title=str(args.run.resolve())))
+
+
+LABELS_HELP = (
+    "identities for colouring: 'folder' (parent folder = person, as in SYSU-MM01 "
+    "camC/PPPP/x.jpg or RegDB Visible/P/x.bmp), 'none', or a CSV file with path,label"
+)
+
+
+def _register_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="draw rank lists, masks, pixel matches, maps, curves")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    k = kinds.add_parser("ranks", help="rank-list grid from `dclnet search --json`")
+    k.add_argument("--results", type=Path, required=True, help="JSON from dclnet search")
+    k.add_argument("--labels", default="none", help=LABELS_HELP)
+    k.add_argument("--gallery-root", type=Path, help="override the gallery folder in the JSON")
+    k.add_argument("--max-queries", type=int, default=8)
+    k.add_argument("--topk", type=int, default=10)
+    k.set_defaults(func=cmd_visualize_ranks)
+
+    k = kinds.add_parser("masks", help="PAP part masks and part-branch CAMs over images")
+    _add_model_args(k)
+    k.add_argument("--modality", required=True, choices=MODALITIES)
+    k.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    k.add_argument("--max-images", type=int, default=8)
+    k.set_defaults(func=cmd_visualize_masks)
+
+    k = kinds.add_parser("correspondence", help="best pixel matches on the low-level map Z")
+    _add_model_args(k)
+    k.add_argument("--visible", type=Path, required=True, help="visible image")
+    k.add_argument("--infrared", type=Path, required=True, help="infrared image")
+    k.add_argument("--top", type=int, default=20, help="matches drawn")
+    k.add_argument("--all-best", action="store_true", help="best matches, not only mutual ones")
+    k.add_argument("--foreground", action="store_true", help="match PAP foreground pixels only")
+    k.set_defaults(func=cmd_visualize_correspondence)
+
+    k = kinds.add_parser("embedding", help="2-D map of embeddings (PCA or t-SNE)")
+    _add_model_args(k)
+    k.add_argument("--visible", nargs="+", help="visible image files and/or folders")
+    k.add_argument("--infrared", nargs="+", help="infrared image files and/or folders")
+    k.add_argument("--labels", default="folder", help=LABELS_HELP)
+    k.add_argument("--method", default="pca", choices=("pca", "tsne"))
+    k.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+    k.add_argument("--max-images", type=int, default=500, help="per modality")
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(func=cmd_visualize_embedding)
+
+    k = kinds.add_parser("curves", help="training curves from a run's metrics.jsonl")
+    k.add_argument("--run", type=Path, required=True, help="run folder or metrics.jsonl")
+    k.set_defaults(func=cmd_visualize_curves)
+
+    for k in kinds.choices.values():
+        k.add_argument("--output", type=Path, required=True, help="PNG file to write")
+
+
 # -- export ---------------------------------------------------------------------------------
 
 
@@ -174,4 +301,5 @@ def register(sub) -> None:
     """
     _register_index(sub)
     _register_search(sub)
+    _register_visualize(sub)
     _register_export(sub)
