@@ -6,48 +6,38 @@ import dataclasses
 import json
 import logging
 import math
-import queue
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from dclnet.config import Config, save_config, to_dict
-from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment_batch
+from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from dclnet.data.datasets import EvalData, TrainData, load_eval_data, load_train_data
-from dclnet.data.records import INFRARED, VISIBLE
 from dclnet.data.sampler import CrossModalitySampler
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.schedule import build_optimizer, build_scheduler
+from dclnet.engine.step import (
+    BatchPrefetcher,
+    StepContext,
+    build_step_context,
+    freeze_unused,
+    resolve_amp,
+    step_generator,
+    train_step,
+)
 from dclnet.errors import CheckpointError, ConfigError
 from dclnet.evaluation.protocols import ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
-from dclnet.losses.objective import ABLATIONS, LossWeights, dclnet_objective
+from dclnet.losses.objective import ABLATIONS, LossWeights
 from dclnet.models.dclnet import DCLNet
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StepContext:
-    """Everything :func:`train_step` needs besides the batch."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    loss_kwargs: dict[str, Any]
-    augment: AugmentConfig
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,103 +48,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but CUDA is not available; use cpu or auto")
     return device
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``train.amp`` (``None`` = float32)."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp]
-
-
-def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
-    """Augmentation RNG as a pure function of (seed, epoch, step, rank): exact resume."""
-    state = np.random.SeedSequence([seed, epoch, step, rank]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def train_step(
-    ctx: StepContext, visible: Tensor, infrared: Tensor, labels: Tensor, gen: torch.Generator
-) -> dict[str, Tensor]:
-    """One optimisation step on an aligned batch.
-
-    Args:
-        ctx: Model, optimiser, loss settings, device.
-        visible: ``N x H x W x 3`` uint8 visible images (any device).
-        infrared: ``N x H x W x 3`` uint8 infrared images; image n shares visible n's identity.
-        labels: ``N`` identities of the pairs.
-        gen: CPU generator for the augmentation.
-
-    Returns:
-        Detached weighted loss terms (and ``"total"``), still on the device: no host sync.
-    """
-    device = ctx.device
-    vis, vis_erased = augment_batch(
-        visible.to(device, non_blocking=True), VISIBLE, ctx.augment, gen
-    )
-    ir, ir_erased = augment_batch(
-        infrared.to(device, non_blocking=True), INFRARED, ctx.augment, gen
-    )
-    if ctx.channels_last:
-        vis, ir = (
-            vis.contiguous(memory_format=torch.channels_last),
-            ir.contiguous(memory_format=torch.channels_last),
-        )
-    targets = labels.to(device, non_blocking=True).repeat(2)  # 2N: [visible; infrared]
-    erased = torch.cat([vis_erased, ir_erased])  # 2N x H x W
-    with torch.autocast(
-        device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None
-    ):
-        out = ctx.model(vis, ir)
-    model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
-    losses = dclnet_objective(
-        out, targets, erased, part_weight=model.part_classifier.weight, **ctx.loss_kwargs
-    )
-    ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(losses["total"]).backward()
-    ctx.scaler.step(ctx.optimizer)
-    ctx.scaler.update()
-    return {k: v.detach() for k, v in losses.items()}
-
-
-class BatchPrefetcher:
-    """Gathers the next batches' uint8 images from the (memory-mapped) arrays in a thread."""
-
-    def __init__(
-        self,
-        data: TrainData,
-        batches: list[tuple[np.ndarray, np.ndarray]],
-        pin: bool,
-        depth: int = 2,
-    ):
-        self._data, self._batches, self._pin = data, batches, pin
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._thread = threading.Thread(target=self._work, daemon=True)
-        self._thread.start()
-
-    def _gather(self, vis_idx: np.ndarray, ir_idx: np.ndarray):
-        vis = torch.from_numpy(np.ascontiguousarray(self._data.visible.images[vis_idx]))
-        ir = torch.from_numpy(np.ascontiguousarray(self._data.infrared.images[ir_idx]))
-        labels = torch.from_numpy(self._data.visible.labels[vis_idx].astype(np.int64))
-        if self._pin:
-            vis, ir, labels = vis.pin_memory(), ir.pin_memory(), labels.pin_memory()
-        return vis, ir, labels
-
-    def _work(self) -> None:
-        try:
-            for vis_idx, ir_idx in self._batches:
-                self._queue.put(self._gather(vis_idx, ir_idx))
-        except Exception as exc:  # surfaced in the training thread
-            self._queue.put(exc)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for _ in range(len(self._batches)):
-            item = self._queue.get()
-            if isinstance(item, Exception):
-                raise item
-            yield item
 
 
 def loss_kwargs(cfg: Config) -> dict[str, Any]:
@@ -255,21 +148,9 @@ def _restore(path: Path, model: DCLNet, optimizer, scheduler, scaler) -> dict[st
     return state
 
 
-def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train DCLNet as configured; write checkpoints, logs and final test results to ``output``.
-
-    Returns:
-        ``{"test": ProtocolResult JSON or None, "validation": best validation metrics or None}``.
-    """
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    is_main = rank == 0
-    output = Path(output)
-    device = resolve_device(cfg.train.device) if world == 1 else dist_utils.local_device()
-    amp_dtype = resolve_amp(cfg.train.amp, device)
-    torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed % 2**32)
+def _load_train(cfg: Config, progress: bool) -> TrainData:
     d = cfg.data
-    data = load_train_data(
+    return load_train_data(
         d.dataset,
         d.root,
         trial=d.trial,
@@ -281,11 +162,35 @@ def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = Tru
         validation=cfg.train.validation,
         val_fraction=cfg.train.val_fraction,
         seed=cfg.train.seed,
-        progress=progress and is_main,
+        progress=progress,
     )
+
+
+def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train DCLNet as configured; write checkpoints, logs and final test results to ``output``.
+
+    In a process group (``torchrun``, see docs/distributed.md) every rank trains on its own
+    sampler stream under DDP; rank 0 alone writes the run folder, and evaluation is sharded
+    across the ranks. ``output`` must be visible to every rank for ``resume``.
+
+    Returns:
+        ``{"test": ProtocolResult JSON or None, "validation": best validation metrics or None}``.
+    """
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    is_main = rank == 0
+    output = Path(output)
+    device = resolve_device(cfg.train.device) if world == 1 else dist_utils.local_device()
+    amp_dtype = resolve_amp(cfg.train.amp, device)
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed % 2**32)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size: pick the fastest kernels once
+    data = _load_train(cfg, progress and is_main)
     model = _build_model(cfg, data.num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    kwargs = loss_kwargs(cfg)
+    freeze_unused(model, kwargs["weights"])
     optimizer = build_optimizer(
         model.parameter_groups(),
         name=cfg.optim.optimizer,
@@ -300,40 +205,36 @@ def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = Tru
         milestones=cfg.optim.milestones,
         gamma=cfg.optim.gamma,
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ctx = build_step_context(
+        model,
+        optimizer,
+        device=device,
+        amp_dtype=amp_dtype,
+        loss_kwargs=kwargs,
+        augment=_augment_config(cfg),
+        channels_last=cfg.train.channels_last,
+        compile=cfg.train.compile,
+        sync_bn=cfg.train.sync_bn,
+    )
     start_epoch, best = 0, None
     if resume:
-        state = _restore(output / "last.pt", model, optimizer, scheduler, scaler)
+        state = _restore(output / "last.pt", model, optimizer, scheduler, ctx.scaler)
         start_epoch, best = int(state["epoch"]), state.get("best")
         logger.info("resumed from %s at epoch %d", output / "last.pt", start_epoch)
     elif is_main:
         output.mkdir(parents=True, exist_ok=True)
     if is_main:
         save_config(cfg, output / "config.yaml")
-    train_model = dist_utils.wrap_model(model, device, sync_bn=cfg.train.sync_bn)
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
-    ctx = StepContext(
-        train_model,
-        optimizer,
-        scaler,
-        loss_kwargs(cfg),
-        _augment_config(cfg),
-        device,
-        amp_dtype,
-        cfg.train.channels_last,
-    )
     sampler = CrossModalitySampler(
         data.visible.labels,
         data.infrared.labels,
-        num_ids=d.num_ids,
-        num_instances=d.num_instances,
+        num_ids=cfg.data.num_ids,
+        num_instances=cfg.data.num_instances,
         seed=cfg.train.seed,
         rank=rank,
         world_size=world,
     )
     log = MetricsLog(output, cfg.train.tensorboard, enabled=is_main)
-    test_data: EvalData | None = None
     steps_per_epoch = len(sampler)
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
@@ -342,19 +243,7 @@ def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = Tru
             evals = _periodic_eval(
                 cfg, epoch, model, data, device, log, is_main, (epoch + 1) * steps_per_epoch
             )
-            if evals.get("validation") is not None:
-                r1 = evals["validation"].plain.mean["rank1"]
-                if best is None or r1 > best["rank1"]:
-                    best = {"epoch": epoch + 1, **evals["validation"].plain.mean}
-                    if is_main:
-                        save_checkpoint(
-                            {
-                                **checkpoint_state(cfg, model, data),
-                                "epoch": epoch + 1,
-                                "validation": best,
-                            },
-                            output / "best.pt",
-                        )
+            best = _update_best(cfg, epoch, model, data, evals, best, output, is_main)
             if is_main:
                 save_checkpoint(
                     {
@@ -362,37 +251,85 @@ def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = Tru
                         "epoch": epoch + 1,
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                        "scaler": ctx.scaler.state_dict() if ctx.scaler.is_enabled() else None,
                         "rng": {"torch": torch.get_rng_state()},
                         "best": best,
                     },
                     output / "last.pt",
                 )
             dist_utils.barrier()
-        test_result = None
-        if data.has_test:
-            test_data = load_eval_data_for(cfg, progress=progress and is_main)
-            test_result = evaluate_model(
-                model,
-                test_data,
-                device=device,
-                batch_size=cfg.eval.batch_size,
-                flip=cfg.eval.flip,
-                progress=progress and is_main,
-            )
-            if is_main:
-                write_json(test_result.to_json(), output / "test_results.json")
-                log.write(
-                    "test",
-                    cfg.optim.epochs * steps_per_epoch,
-                    monitoring=False,
-                    checkpoint="last",
-                    **test_result.plain.mean,
-                )
-                print(format_table(test_result))
+        test_result = _final_test(cfg, model, data, device, log, output, progress, steps_per_epoch)
     finally:
         log.close()
     return {"test": test_result.to_json() if test_result else None, "validation": best}
+
+
+def _evaluate(
+    cfg: Config, model: DCLNet, data: EvalData, device: torch.device, progress: bool
+) -> ProtocolResult:
+    """Evaluate the bare network; in a process group sharded, with rank 0's BN statistics."""
+    dist_utils.broadcast_buffers(model)
+    return evaluate_model(
+        model,
+        data,
+        device=device,
+        batch_size=cfg.eval.batch_size,
+        flip=cfg.eval.flip,
+        progress=progress,
+        sharded=dist_utils.is_distributed(),
+    )
+
+
+def _update_best(
+    cfg: Config,
+    epoch: int,
+    model: DCLNet,
+    data: TrainData,
+    evals: dict[str, ProtocolResult],
+    best: dict | None,
+    output: Path,
+    is_main: bool,
+) -> dict | None:
+    """Keep ``best.pt`` at the best validation rank-1 so far (never selected on test data)."""
+    if evals.get("validation") is None:
+        return best
+    r1 = evals["validation"].plain.mean["rank1"]
+    if best is not None and r1 <= best["rank1"]:
+        return best
+    best = {"epoch": epoch + 1, **evals["validation"].plain.mean}
+    if is_main:
+        state = {**checkpoint_state(cfg, model, data), "epoch": epoch + 1, "validation": best}
+        save_checkpoint(state, output / "best.pt")
+    return best
+
+
+def _final_test(
+    cfg: Config,
+    model: DCLNet,
+    data: TrainData,
+    device: torch.device,
+    log: MetricsLog,
+    output: Path,
+    progress: bool,
+    steps_per_epoch: int,
+) -> ProtocolResult | None:
+    """Evaluate the last model on the test protocol; rank 0 writes and prints the result."""
+    if not data.has_test:
+        return None
+    is_main = dist_utils.rank() == 0
+    test_data = load_eval_data_for(cfg, progress=progress and is_main)
+    result = _evaluate(cfg, model, test_data, device, progress and is_main)
+    if is_main:
+        write_json(result.to_json(), output / "test_results.json")
+        log.write(
+            "test",
+            cfg.optim.epochs * steps_per_epoch,
+            monitoring=False,
+            checkpoint="last",
+            **result.plain.mean,
+        )
+        print(format_table(result))
+    return result
 
 
 def load_eval_data_for(cfg: Config, *, progress: bool) -> EvalData:
@@ -432,8 +369,9 @@ def _train_epoch(
     sums: dict[str, Tensor] = {}
     window = 0
     start = time.perf_counter()
+    pin = ctx.device.type == "cuda"
     bar = tqdm(
-        BatchPrefetcher(data, batches, pin=ctx.device.type == "cuda"),
+        BatchPrefetcher(data, batches, pin=pin, workers=cfg.train.workers),
         total=len(batches),
         desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
         disable=not progress,
@@ -447,7 +385,10 @@ def _train_epoch(
         window += 1
         last = step == len(batches) - 1
         if (step + 1) % cfg.train.log_every == 0 or last:
-            means = {k: float(v) / window for k, v in sums.items()}  # the only host sync
+            # The only host sync: one read of the window's sums, averaged over the ranks (so
+            # that every rank sees the same values and stops together on a non-finite loss).
+            values = dist_utils.all_reduce_mean(torch.stack(list(sums.values())))
+            means = {k: v / window for k, v in zip(sums, values.tolist())}
             if not all(math.isfinite(v) for v in means.values()):
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1} step {step}: "
@@ -459,7 +400,8 @@ def _train_epoch(
             sums, window = {}, 0
     bar.close()
     elapsed = time.perf_counter() - start
-    images = 2 * len(batches) * cfg.data.num_ids * cfg.data.num_instances
+    # All ranks step in lockstep, so the run's throughput is world_size times one rank's.
+    images = 2 * len(batches) * cfg.data.num_ids * cfg.data.num_instances * sampler.world_size
     log.write(
         "epoch",
         (epoch + 1) * steps_per_epoch,
@@ -486,14 +428,7 @@ def _periodic_eval(
     if not due:
         return results
     if data.validation is not None:
-        res = evaluate_model(
-            model,
-            data.validation,
-            device=device,
-            batch_size=cfg.eval.batch_size,
-            flip=cfg.eval.flip,
-            progress=False,
-        )
+        res = _evaluate(cfg, model, data.validation, device, progress=False)
         results["validation"] = res
         log.write("validation", step, epoch=epoch + 1, **res.plain.mean)
         if is_main:
@@ -504,14 +439,7 @@ def _periodic_eval(
                 res.plain.mean["mAP"],
             )
     if every > 0 and not last and data.has_test:
-        res = evaluate_model(
-            model,
-            load_eval_data_for(cfg, progress=False),
-            device=device,
-            batch_size=cfg.eval.batch_size,
-            flip=cfg.eval.flip,
-            progress=False,
-        )
+        res = _evaluate(cfg, model, load_eval_data_for(cfg, progress=False), device, False)
         log.write("monitoring", step, epoch=epoch + 1, uses_test_data=True, **res.plain.mean)
         if is_main:
             logger.info(
