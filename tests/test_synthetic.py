@@ -14,6 +14,7 @@ from dclnet.data.sources.synthetic import (
     SYSU_CAMERAS,
     make_synthetic,
     regdb_trial,
+    save_sysu,
     write_regdb,
     write_sysu,
 )
@@ -231,10 +232,17 @@ def test_overwrite_replaces_previous_set(tmp_path):
     assert pids <= {"0001", "0002", "0003"}
 
 
+def test_sysu_layout_needs_every_split(tmp_path):
+    ds = make_synthetic(4, num_val_ids=0, **SMALL)
+    with pytest.raises(ConfigError, match="num_val_ids"):
+        save_sysu(ds, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"num_ids": 1}, "num_ids"),
+        ({"num_ids": 2}, "num_ids"),
         ({"images_per_camera": (3, 2)}, "images_per_camera"),
         ({"camera_presence": 1.5}, "camera_presence"),
         ({"num_ids": 4, "num_test_ids": 4}, "num_ids"),

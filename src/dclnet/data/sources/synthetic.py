@@ -88,9 +88,9 @@ def _check(name: str, ok: bool, need: str) -> None:
 
 
 def _split_sizes(num_ids: int, num_val: int | None, num_test: int | None) -> tuple[int, int]:
-    """Default 5/16 of the ids for test and 1/16 for validation (64 -> 40 / 4 / 20)."""
+    """Default 5/16 of the ids for test and 1/16 (at least 1) for validation (64 -> 40 / 4 / 20)."""
     num_test = max(1, round(num_ids * 5 / 16)) if num_test is None else num_test
-    num_val = round(num_ids / 16) if num_val is None else num_val
+    num_val = max(1, round(num_ids / 16)) if num_val is None else num_val
     _check("num_test_ids", num_test >= 1, "at least 1")
     _check("num_val_ids", num_val >= 0, "at least 0")
     _check("num_ids", num_ids - num_test - num_val >= 1, "larger than val + test ids")
@@ -183,13 +183,13 @@ def make_synthetic(
         images_per_camera: Inclusive range of images per existing (camera, person) folder.
         camera_presence: Probability that a person appears in a given camera (at least one
             visible and one infrared camera are always kept).
-        num_val_ids: Validation ids; default ``round(num_ids / 16)``.
+        num_val_ids: Validation ids; default ``max(1, round(num_ids / 16))``.
         num_test_ids: Test ids; default ``round(5 * num_ids / 16)``. The rest train.
 
     Returns:
         The set; the default has 64 people: 40 train, 4 val, 20 test, about 1,600 images.
     """
-    _check("num_ids", num_ids >= 2, "at least 2")
+    _check("num_ids", num_ids >= 3, "at least 3 (train, validation and test ids)")
     _check("height/width", height >= 16 and width >= 8, "at least 16 x 8 pixels")
     lo, hi = images_per_camera
     _check("images_per_camera", 1 <= lo <= hi, "a range (low, high) with 1 <= low <= high")
@@ -215,7 +215,10 @@ def _prepare_out_dir(out_dir: Path, owned: tuple[str, ...], overwrite: bool) -> 
         raise DataError(f"{out}: exists and is not a directory; choose a directory path")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise DataError(f"{out}: directory is not empty; choose a new one or pass overwrite")
+            raise DataError(
+                f"{out}: directory is not empty; choose a new one or pass overwrite=True "
+                "(--overwrite on the command line)"
+            )
         for name in owned:
             target = out / name
             if target.is_dir():
@@ -237,6 +240,9 @@ def save_sysu(dataset: SyntheticSet, out_dir: Path, *, overwrite: bool = False) 
     Returns:
         The data-set root.
     """
+    for name in ("train", "val", "test"):
+        if not getattr(dataset, f"{name}_ids"):
+            raise ConfigError(f"synthetic num_{name}_ids: must be at least 1 for the SYSU layout")
     owned = tuple(f"cam{c}" for c in SYSU_CAMERAS) + ("exp",)
     out = _prepare_out_dir(out_dir, owned, overwrite)
     for record, image in zip(dataset.records, dataset.images):
