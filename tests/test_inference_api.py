@@ -172,3 +172,19 @@ def test_identity_depends_on_weights_only(tmp_path):
     c = load_checkpoint(make_checkpoint(tmp_path / "c.pt", seed=1))
     b["optimizer"] = {"anything": 1}
     assert checkpoint_identity(a) == checkpoint_identity(b) != checkpoint_identity(c)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(ckpt, pngs):
+    from dclnet.inference.index import topk_search
+
+    cpu = Embedder.from_checkpoint(ckpt, device="cpu")
+    gpu = Embedder.from_checkpoint(ckpt, device="cuda")
+    assert gpu.device.type == "cuda" and next(gpu.model.parameters()).is_cuda
+    want = cpu.embed(pngs, "visible")
+    got, masks = gpu.embed(pngs, "visible", return_masks=True)
+    assert got.device.type == "cpu" and masks.device.type == "cpu"
+    torch.testing.assert_close(got, want, atol=5e-3, rtol=0)  # cuDNN may use TF32
+    _, index = topk_search(want.cuda(), want.numpy(), 1, chunk_size=2)
+    assert index.device.type == "cuda" and index[:, 0].tolist() == list(range(len(pngs)))
