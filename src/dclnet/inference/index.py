@@ -20,7 +20,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def meta(self) -> dict[str, Any]:
+    def meta_json(self) -> dict[str, Any]:
         """The JSON side of the index (everything except the embeddings)."""
         return {
             "format": INDEX_FORMAT,
@@ -128,46 +129,46 @@ class GalleryIndex:
             )
 
 
-def _embed_into(
+def _embed_gallery(
     embedder: Embedder,
-    root: Path,
-    rel_paths: list[str],
+    root: str | Path,
     modality: str,
-    out: np.ndarray,
+    allocate: Callable[[int, int], np.ndarray],
     *,
     batch_size: int,
     flip: bool,
     workers: int,
     skip_corrupt: bool,
     progress: bool,
-) -> list[str]:
-    """Embed ``root / rel_paths`` into the first rows of ``out``; return the paths kept."""
+) -> GalleryIndex:
+    """Embed the images below ``root`` into ``allocate(G, D)``, filling it from the top.
+
+    Undecodable files skipped with ``skip_corrupt`` leave the last rows unused.
+    """
+    check_modality(modality)
+    root = Path(root)
+    rel = list_images(root)
+    rows = allocate(len(rel), embedder.embed_dim)
+    rel_of = {str(root / r): r for r in rel}
     kept: list[str] = []
-    full = [root / p for p in rel_paths]
-    rel_of = {str(f): r for f, r in zip(full, rel_paths)}
-    bar = tqdm(total=len(full), desc=f"embedding {modality}", unit="img", disable=not progress)
+    bar = tqdm(total=len(rel), desc=f"embedding {modality}", unit="img", disable=not progress)
     try:
+        files = [root / r for r in rel]
         stream = embedder.embed_paths_streaming(
-            full, modality, batch_size, flip=flip, workers=workers, skip_corrupt=skip_corrupt
+            files, modality, batch_size, flip=flip, workers=workers, skip_corrupt=skip_corrupt
         )
         for chunk, emb in stream:
-            out[len(kept) : len(kept) + len(chunk)] = emb.numpy()
+            rows[len(kept) : len(kept) + len(chunk)] = emb.numpy()
             kept.extend(rel_of[str(p)] for p in chunk)
             bar.update(len(chunk))
     finally:
         bar.close()
     if not kept:
         raise DataError(f"{root}: no image could be decoded")
-    if len(kept) < len(full):
-        logger.warning("%s: skipped %d undecodable images", root, len(full) - len(kept))
-    return kept
-
-
-def _index_info(embedder: Embedder) -> dict[str, Any]:
-    return {
-        "checkpoint": embedder.checkpoint,
-        "preprocessing": embedder.preprocessing.as_dict(),
-    }
+    if len(kept) < len(rel):
+        logger.warning("%s: skipped %d undecodable images", root, len(rel) - len(kept))
+    info = {"checkpoint": embedder.checkpoint, "preprocessing": embedder.preprocessing.as_dict()}
+    return GalleryIndex(rows, kept, str(root.resolve()), modality, embedder.identity, flip, info)
 
 
 def build_index(
@@ -182,31 +183,19 @@ def build_index(
     progress: bool = True,
 ) -> GalleryIndex:
     """Embed every image below ``root`` into an in-memory index (see :func:`write_index`)."""
-    check_modality(modality)
-    root = Path(root)
-    rel = list_images(root)
-    out = np.empty((len(rel), embedder.embed_dim), dtype=np.float32)
-    kept = _embed_into(
+    index = _embed_gallery(
         embedder,
         root,
-        rel,
         modality,
-        out,
+        lambda n, d: np.empty((n, d), dtype=np.float32),
         batch_size=batch_size,
         flip=flip,
         workers=workers,
         skip_corrupt=skip_corrupt,
         progress=progress,
     )
-    return GalleryIndex(
-        out[: len(kept)],
-        kept,
-        str(root.resolve()),
-        modality,
-        embedder.identity,
-        flip,
-        _index_info(embedder),
-    )
+    index.embeddings = index.embeddings[: len(index)]  # undecodable files leave unused rows
+    return index
 
 
 def write_index(
@@ -230,65 +219,59 @@ def write_index(
     Returns:
         The written index, loaded memory-mapped.
     """
-    check_modality(modality)
-    root, output = Path(root), Path(output)
-    rel = list_images(root)
-    _check_output(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
-    try:
-        rows = np.lib.format.open_memmap(
-            tmp / "embeddings.npy",
-            mode="w+",
-            dtype=np.float32,
-            shape=(len(rel), embedder.embed_dim),
-        )
-        kept = _embed_into(
+    with _atomic_index_dir(output) as tmp:
+        npy = tmp / "embeddings.npy"
+        index = _embed_gallery(
             embedder,
             root,
-            rel,
             modality,
-            rows,
+            lambda n, d: np.lib.format.open_memmap(npy, "w+", np.float32, (n, d)),
             batch_size=batch_size,
             flip=flip,
             workers=workers,
             skip_corrupt=skip_corrupt,
             progress=progress,
         )
-        if len(kept) < len(rel):
-            _truncate_rows(rows, len(kept), tmp / "embeddings.npy")
+        meta = index.meta_json()
+        rows = index.embeddings
+        del index
         rows.flush()
-        del rows
-        index = GalleryIndex(
-            np.empty((0, embedder.embed_dim), np.float32),
-            kept,
-            str(root.resolve()),
-            modality,
-            embedder.identity,
-            flip,
-            _index_info(embedder),
-        )
-        _write_json_fsync(tmp / "meta.json", index.meta())
-        _replace_dir(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if meta["count"] < rows.shape[0]:  # undecodable files were skipped
+            _truncate_rows(rows, meta["count"], npy)
+        del rows  # close the memmap before the folder is moved
+        _write_json_fsync(tmp / "meta.json", meta)
     return load_index(output)
 
 
 def save_index(index: GalleryIndex, output: str | Path) -> None:
     """Write an in-memory index to the directory ``output`` (atomically, like write_index)."""
-    output = Path(output)
-    _check_output(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
-    try:
+    with _atomic_index_dir(output) as tmp:
         with open(tmp / "embeddings.npy", "wb") as fh:
             np.save(fh, np.ascontiguousarray(index.embeddings, dtype=np.float32))
             fh.flush()
             os.fsync(fh.fileno())
-        _write_json_fsync(tmp / "meta.json", index.meta())
-        _replace_dir(tmp, output)
+        _write_json_fsync(tmp / "meta.json", index.meta_json())
+
+
+@contextmanager
+def _atomic_index_dir(output: str | Path) -> Iterator[Path]:
+    """A temporary folder next to ``output`` that replaces it when the block succeeds."""
+    output = Path(output)
+    if output.exists() and not (output / "meta.json").is_file():
+        raise DataError(f"{output} exists and is not a dclnet index; choose a new --output path")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if output.exists():  # swap out the old index, then delete it
+            old = Path(
+                tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".old")
+            )
+            os.replace(output, old / "index")
+            os.replace(tmp, output)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, output)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -332,11 +315,6 @@ def load_index(path: str | Path, mmap: bool = True) -> GalleryIndex:
     )
 
 
-def _check_output(output: Path) -> None:
-    if output.exists() and not (output / "meta.json").is_file():
-        raise DataError(f"{output} exists and is not a dclnet index; choose a new --output path")
-
-
 def _truncate_rows(rows: np.ndarray, n: int, path: Path) -> None:
     """Rewrite the ``.npy`` memmap ``rows`` at ``path`` keeping its first ``n`` rows."""
     short = path.with_name("short.npy")
@@ -353,17 +331,6 @@ def _write_json_fsync(path: Path, value: Any) -> None:
         json.dump(value, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _replace_dir(tmp: Path, output: Path) -> None:
-    """Move the finished ``tmp`` to ``output``, replacing an old index there."""
-    if not output.exists():
-        os.replace(tmp, output)
-        return
-    old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".old"))
-    os.replace(output, old / "index")
-    os.replace(tmp, output)
-    shutil.rmtree(old)
 
 
 # -- search ---------------------------------------------------------------------------------
