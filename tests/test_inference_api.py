@@ -188,3 +188,12 @@ def test_cuda_matches_cpu(ckpt, pngs):
     torch.testing.assert_close(got, want, atol=5e-3, rtol=0)  # cuDNN may use TF32
     _, index = topk_search(want.cuda(), want.numpy(), 1, chunk_size=2)
     assert index.device.type == "cuda" and index[:, 0].tolist() == list(range(len(pngs)))
+
+
+def test_outputs_are_ordinary_tensors(embedder, pngs):
+    emb = embedder.embed(pngs[:2], "visible")
+    weight = torch.ones(512, 1, requires_grad=True)
+    (emb @ weight).sum().backward()  # inference-mode tensors would refuse this
+    assert weight.grad is not None and not emb.is_inference()
+    ((_, chunk),) = list(embedder.embed_paths_streaming(pngs[:2], "visible"))
+    assert not chunk.is_inference()

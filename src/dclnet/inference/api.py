@@ -279,7 +279,7 @@ class Embedder:
         return_masks: Literal[True],
     ) -> tuple[Tensor, Tensor]: ...
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may reuse the outputs in autograd
     def embed(
         self,
         inputs: Inputs,
@@ -316,7 +316,7 @@ class Embedder:
             return torch.cat(embeddings), torch.cat(masks)
         return torch.cat(embeddings)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may reuse the outputs in autograd
     def embed_paths_streaming(
         self,
         paths: Sequence[str | Path],
