@@ -288,14 +288,15 @@ def pattern(people: People, who: np.ndarray, labels: np.ndarray, u, v) -> np.nda
     out = np.zeros(labels.shape, dtype=np.float32)
     for part in TEXTURED:
         f = _col(people.freq[who, part]) * 2 * np.pi
-        su = np.sin(f * u + _col(people.phase[who, part, 0]))  # B x 1 x W
-        sv = np.sin(f * v + _col(people.phase[who, part, 1]))  # B x H x 1
-        kinds = [
+        au = f * u + _col(people.phase[who, part, 0])  # B x 1 x W
+        av = f * v + _col(people.phase[who, part, 1])  # B x H x 1
+        su, sv = np.sin(au), np.sin(av)
+        kinds = [  # solid, horizontal stripes, vertical stripes, checks, dots
             np.zeros_like(sv),
             _soft_step(sv),
             _soft_step(su),
             _soft_step(su * sv),
-            _soft_step(np.cos(f * u) + np.cos(f * v + _col(people.phase[who, part, 1])) - 1.1),
+            _soft_step(np.cos(au) + np.cos(av) - 1.1),
         ]
         kind = _col(people.texture[who, part]).astype(np.int64)
         value = np.select([kind == k for k in range(len(kinds))], np.broadcast_arrays(*kinds))
