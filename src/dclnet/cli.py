@@ -160,7 +160,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dclnet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dclnet", description="DCLNet for visible-infrared person re-identification."
+    )
     parser.add_argument("--version", action="version", version=f"dclnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -210,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_synth)
+
+    from dclnet.inference.commands import register as register_inference
+
+    register_inference(sub)
     return parser
 
 
