@@ -15,12 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dclnet.models.outputs import pap_mask
+from dclnet.models.pooling import stripe_bounds as pooling_stripe_bounds
+
 _EPS = 1e-6
 
 
 def stripe_bounds(h: int, num_parts: int = 6) -> list[tuple[int, int]]:
-    """Adaptive-pooling row ranges ``[start, end)`` of ``num_parts`` stripes (may overlap)."""
-    return [((k * h) // num_parts, -(-(k + 1) * h // num_parts)) for k in range(num_parts)]
+    """Adaptive-pooling row ranges ``[start, end)`` of ``num_parts`` stripes (may overlap).
+
+    The network's stripe split (:func:`dclnet.models.pooling.stripe_bounds`) as pairs.
+    """
+    return list(zip(*pooling_stripe_bounds(h, num_parts)))
 
 
 def stripe_partition(h: int, num_parts: int = 6) -> list[tuple[int, int]]:
@@ -177,9 +183,7 @@ def predicted_masks(pixel_logits: Tensor, erased: Tensor | None = None) -> Tenso
     Returns:
         ``B x h x w`` int64 in ``0..P``.
     """
-    fg = pixel_logits[:, :2].argmax(dim=1)  # B x h x w, 1 = foreground
-    part = pixel_logits[:, 2:].argmax(dim=1) + 1
-    masks = fg * part
+    masks = pap_mask(pixel_logits)  # B x h x w
     return masks if erased is None else masks.masked_fill(erased, 0)
 
 

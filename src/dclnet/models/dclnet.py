@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from dclnet.data.records import INFRARED, MODALITIES, VISIBLE
 from dclnet.errors import ConfigError
-from dclnet.models.outputs import DCLNetOutput
+from dclnet.models.outputs import DCLNetOutput, pap_mask
 from dclnet.models.pooling import GeM, StripeGeM
 from dclnet.models.resnet import (
     STAGES,
@@ -62,16 +62,6 @@ def _classifier(dim: int, num_classes: int) -> nn.Linear:
     linear = nn.Linear(dim, num_classes, bias=False)
     nn.init.normal_(linear.weight, 0.0, 0.001)
     return linear
-
-
-def pap_mask(pixel_logits: Tensor) -> Tensor:
-    """PAP mask ``m = fg * (part + 1)`` from ``B x (2 + P) x H x W`` logits → ``B x H x W`` int64.
-
-    Values: 0 = background, k = body part k (1..P, top to bottom).
-    """
-    foreground = pixel_logits[:, :2].argmax(dim=1)  # B x H x W, 1 = foreground
-    part = pixel_logits[:, 2:].argmax(dim=1)  # B x H x W, 0..P-1
-    return foreground * (part + 1)
 
 
 class PixelClassifier(nn.Module):

@@ -34,3 +34,13 @@ class DCLNetOutput:
     final_map: Tensor
     low_map: Tensor
     pixel_logits: Tensor
+
+
+def pap_mask(pixel_logits: Tensor) -> Tensor:
+    """PAP mask ``m = fg * (part + 1)`` from ``B x (2 + P) x H x W`` logits → ``B x H x W`` int64.
+
+    Values: 0 = background, k = body part k (1..P, top to bottom).
+    """
+    foreground = pixel_logits[:, :2].argmax(dim=1)  # B x H x W, 1 = foreground
+    part = pixel_logits[:, 2:].argmax(dim=1)  # B x H x W, 0..P-1
+    return foreground * (part + 1)
