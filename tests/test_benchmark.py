@@ -1,0 +1,130 @@
+"""``dclnet benchmark``: structure of the table and the JSON at a tiny size (not timings)."""
+
+import argparse
+import json
+import math
+
+import pytest
+
+from dclnet.bench.common import SIZES, BenchSize, Row, format_rows
+from dclnet.bench.components import dense_loss_shape
+from dclnet.bench.train_step import bench_train_step
+from dclnet.benchmark import format_report, register, run_suite
+from dclnet.errors import ConfigError
+
+TINY = BenchSize(
+    name="tiny",
+    arch="resnet18",
+    height=32,
+    width=16,
+    num_ids=2,
+    num_instances=2,
+    num_classes=4,
+    warmup=0,
+    iters=1,
+    repeats=1,
+    embed_images=6,
+    embed_batch=4,
+    pipeline_images=16,
+    pipeline_batches=2,
+    eval_trials=1,
+)
+KEYS = {"benchmark", "device", "dtype", "batch", "size", "value", "unit", "peak_mb", "note"}
+
+
+@pytest.fixture(scope="module")
+def report():
+    return run_suite(device="cpu", size=TINY)
+
+
+def _row(report, prefix):
+    (row,) = [r for r in report["rows"] if r["benchmark"].startswith(prefix)]
+    return row
+
+
+def test_report_has_every_section(report):
+    assert set(report) == {"machine", "settings", "rows"}
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_count"] >= 1
+    assert report["settings"]["name"] == "tiny" and report["settings"]["dtypes"] == ["fp32"]
+    names = [r["benchmark"] for r in report["rows"]]
+    assert names == [
+        "train step, baseline (id + metric)",
+        "train step, full DCLNet",
+        "resnet18 forward+backward (plain)",
+        "full DCLNet step / plain forward+backward",
+        "eval metrics, SYSU-MM01 all-search",
+        "eval metrics, RegDB",
+        "eval feature extraction",
+        "dense loss forward+backward",
+        "data: gather (pinned on CUDA)",
+        "data: gather + copy + augment",
+    ]
+    for row in report["rows"]:
+        assert set(row) == KEYS
+        assert row["device"] == "cpu" and math.isfinite(row["value"]) and row["value"] > 0
+    json.dumps(report)  # serialisable as is
+
+
+def test_rows_describe_their_settings(report):
+    full = _row(report, "train step, full")
+    assert full["batch"] == "8" and full["size"] == "32x16 resnet18" and full["dtype"] == "fp32"
+    assert full["unit"] == "images/s"
+    sysu = _row(report, "eval metrics, SYSU")
+    assert sysu["batch"] == "3803x301" and sysu["unit"] == "s"  # real protocol size
+    assert _row(report, "eval metrics, RegDB")["batch"] == "2060x2060"
+    dense = _row(report, "dense loss")
+    assert dense["size"] == "64x8x4" and dense["batch"] == "4"
+    assert dense["peak_mb"] is None or dense["peak_mb"] >= 0
+
+
+def test_ratio_row_is_full_over_plain_time(report):
+    full = _row(report, "train step, full")["value"]
+    plain = _row(report, "resnet18 forward+backward")["value"]
+    ratio = _row(report, "full DCLNet step / plain")["value"]
+    assert ratio == pytest.approx(plain / full)  # images/s are batch / seconds
+
+
+def test_table_prints_one_line_per_row(report):
+    text = format_report(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("dclnet benchmark, size tiny")
+    assert lines[1].split()[:3] == ["benchmark", "device", "dtype"]
+    for row in report["rows"]:
+        assert any(line.startswith(row["benchmark"]) for line in lines)
+
+
+def test_format_rows_marks_unmeasured_values():
+    text = format_rows([Row("x", "cpu", "fp32", "1", "1x1", float("nan"), "s")])
+    assert "n/a" in text.splitlines()[2]
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["benchmark", "--device", "cpu", "--only", "data", "--json", str(out)])
+    args.func(args)
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert [r["benchmark"] for r in saved["rows"]] == [
+        "data: gather (pinned on CUDA)",
+        "data: gather + copy + augment",
+    ]
+    assert saved["settings"]["name"] == "small" and saved["settings"]["sections"] == ["data"]
+    assert "data: gather + copy + augment" in printed and f"wrote {out}" in printed
+
+
+def test_real_size_is_the_papers_setting():
+    real = SIZES["real"]
+    assert (real.arch, real.height, real.width) == ("resnet50", 288, 144)
+    assert (real.num_ids, real.num_instances, real.batch) == (8, 4, 64)
+    assert dense_loss_shape(real) == (32, 256, 72, 36)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown size"):
+        run_suite(device="cpu", size="huge")
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        run_suite(device="cpu", size=TINY, dtypes=["fp8"])
+    with pytest.raises(ValueError, match="unknown variant"):
+        bench_train_step("fast", TINY, device=None)

@@ -1,0 +1,192 @@
+"""The fast training step: mixed precision, channels-last and torch.compile against the plain
+float32 eager step on the same batch, frozen unused heads, the batch prefetcher."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dclnet.data.augment import AugmentConfig
+from dclnet.data.datasets import load_train_data
+from dclnet.data.sampler import CrossModalitySampler
+from dclnet.engine.step import (
+    BatchPrefetcher,
+    build_step_context,
+    freeze_unused,
+    train_step,
+    unused_modules,
+)
+from dclnet.losses.objective import ABLATIONS
+from dclnet.models.dclnet import DCLNet
+
+pytestmark = pytest.mark.filterwarnings("ignore::dclnet.models.resnet.RandomInitWarning")
+
+TERMS = ("id", "metric", "part_id", "pap", "dcl", "total")
+
+
+def _context(amp=None, *, preset="full", channels_last=False, compile_backend=None, device="cpu"):
+    torch.manual_seed(0)
+    device = torch.device(device)
+    net = DCLNet(10, arch="resnet18", pretrained=None).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    kwargs = dict(ABLATIONS[preset])
+    freeze_unused(net, kwargs["weights"])
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01)
+    ctx = build_step_context(
+        net,
+        opt,
+        device=device,
+        amp_dtype=amp,
+        loss_kwargs=kwargs,
+        augment=AugmentConfig(),
+        channels_last=channels_last,
+    )
+    if compile_backend is not None:
+        ctx.model = torch.compile(net, backend=compile_backend)
+    return ctx
+
+
+def _batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    vis = torch.randint(0, 256, (n, 64, 32, 3), dtype=torch.uint8, generator=g)
+    ir = torch.randint(0, 256, (n, 64, 32, 3), dtype=torch.uint8, generator=g)
+    return vis, ir, torch.arange(n) // 2  # P = n / 2 identities, K = 2
+
+
+def _steps(ctx, num_steps=1):
+    """Losses (as floats) of ``num_steps`` steps on fixed batches and augmentations."""
+    out = []
+    for step in range(num_steps):
+        losses = train_step(ctx, *_batch(seed=step), torch.Generator().manual_seed(step))
+        out.append({k: float(v) for k, v in losses.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_losses():
+    return _steps(_context(), num_steps=2)
+
+
+@pytest.mark.parametrize(
+    ("amp", "term_rtol", "total_rtol"),
+    [(torch.bfloat16, 0.1, 0.02), (torch.float16, 0.02, 0.005)],
+    ids=["bfloat16", "float16"],
+)
+def test_mixed_precision_step_is_close_to_float32(fp32_losses, amp, term_rtol, total_rtol):
+    ctx = _context(amp)
+    assert ctx.scaler.is_enabled() == (amp == torch.float16)  # loss scaling for fp16 only
+    (mixed,) = _steps(ctx)
+    ref = fp32_losses[0]
+    assert set(mixed) == set(TERMS)
+    for k in TERMS:
+        tol = total_rtol if k == "total" else term_rtol
+        assert mixed[k] == pytest.approx(ref[k], rel=tol), k
+    assert all(torch.isfinite(p).all() for p in ctx.net.parameters())
+    # bf16 keeps float32's exponent range: the dense loss's float32 island still matters
+    # because its logits reach 1/tau = 20 and are exponentiated.
+
+
+def test_channels_last_step_matches(fp32_losses):
+    ctx = _context(channels_last=True)
+    got = _steps(ctx, num_steps=2)
+    for ref, step in zip(fp32_losses, got):
+        for k in TERMS:
+            assert step[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), k
+
+
+def test_compiled_step_matches_eager(fp32_losses):
+    """Graph capture of the model (dynamo + AOT autograd) keeps the step's numbers."""
+    got = _steps(_context(compile_backend="aot_eager"), num_steps=2)
+    for ref, step in zip(fp32_losses, got):
+        for k in TERMS:
+            assert step[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), k
+
+
+def _can_inductor() -> bool:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        return False
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2))
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.slow  # inductor compiles the ResNet-18 step in about 75 s on 2 CPU cores
+def test_inductor_compiled_step_matches_eager(fp32_losses):
+    if not _can_inductor():
+        pytest.skip("this platform cannot compile with inductor (no working C++ compiler)")
+    got = _steps(_context(compile_backend="inductor"), num_steps=2)
+    for ref, step in zip(fp32_losses, got):
+        for k in TERMS:
+            assert step[k] == pytest.approx(ref[k], rel=2e-3, abs=1e-4), k
+
+
+@pytest.mark.parametrize("preset", ["baseline", "dcl_stripes", "full"])
+def test_every_trainable_parameter_gets_a_gradient(preset):
+    """What DDP needs without find_unused_parameters: frozen heads are exactly the unused."""
+    ctx = _context(preset=preset)
+    frozen = {id(p) for m in unused_modules(ctx.net, ABLATIONS[preset]["weights"])
+              for p in m.parameters()}  # fmt: skip
+    _steps(ctx)
+    for name, p in ctx.net.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        else:
+            assert p.grad is None, name
+            assert id(p) in frozen or name.endswith("bnneck.bias"), name
+    if preset == "full":
+        assert not frozen
+    else:
+        assert not ctx.net.part_classifier.weight.requires_grad
+        assert not ctx.net.pixel_classifier.visible.weight.requires_grad
+
+
+def test_metric_only_freezes_nothing_that_dcl_trains():
+    from dclnet.losses.objective import LossWeights
+
+    net = DCLNet(10, arch="resnet18", pretrained=None)
+    names = {n for n, p in net.named_parameters() if p.requires_grad}
+    freeze_unused(net, LossWeights(id=0.0, metric=0.0, part_id=0.0, pap=0.0, dcl=1.0))
+    still = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert still == {n for n in names if n.startswith(("visible.", "infrared."))}
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prefetcher_yields_batches_in_order(workers):
+    data = load_train_data("synthetic", size=(64, 32), synthetic_ids=16)
+    sampler = CrossModalitySampler(data.visible.labels, data.infrared.labels, num_ids=4)
+    batches = list(sampler)
+    got = list(BatchPrefetcher(data, batches, pin=False, workers=workers))
+    assert len(got) == len(batches) > 3
+    for (vis_idx, ir_idx), (vis, ir, labels) in zip(batches, got):
+        assert vis.dtype == torch.uint8 and vis.shape == (16, 64, 32, 3)
+        assert np.array_equal(vis.numpy(), data.visible.images[vis_idx])
+        assert np.array_equal(ir.numpy(), data.infrared.images[ir_idx])
+        assert np.array_equal(labels.numpy(), data.visible.labels[vis_idx])
+        assert np.array_equal(labels.numpy(), data.infrared.labels[ir_idx])
+
+
+def test_prefetcher_surfaces_worker_errors():
+    data = load_train_data("synthetic", size=(64, 32), synthetic_ids=16)
+    bad = [(np.array([0, 1]), np.array([0, 10**9]))]
+    with pytest.raises(IndexError):
+        list(BatchPrefetcher(data, bad, pin=False, workers=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_has_no_host_sync():
+    """No device-to-host synchronisation inside a bf16 step (pinned uint8 input)."""
+    ctx = _context(torch.bfloat16, device="cuda")
+    vis, ir, labels = (t.pin_memory() for t in _batch())
+    train_step(ctx, vis, ir, labels, torch.Generator().manual_seed(0))  # lazy initialisation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = train_step(ctx, vis, ir, labels, torch.Generator().manual_seed(1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(losses["total"]).item()
