@@ -160,3 +160,62 @@ def test_train_then_test_on_raw_layouts(tmp_path, layout):
     assert tested["protocol"]["dataset"] == layout
     if layout == "regdb":  # same protocol, same model → same numbers as at the end of training
         assert tested["mean"] == pytest.approx(trained["mean"])
+
+
+def test_test_command_equals_evaluate_features(tmp_path, tiny_run):
+    """`dclnet test` and `evaluate-features` give identical numbers for the same features."""
+    from dclnet.data.datasets import load_eval_data
+    from dclnet.engine.runs import load_model
+    from dclnet.evaluation.extract import extract_features
+    from dclnet.evaluation.protocols import save_features_npz
+
+    run, _ = tiny_run
+    root = write_sysu(tmp_path / "data", num_ids=16, height=64, width=32)
+    cache = tmp_path / "cache"
+    out_test = tmp_path / "test.json"
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--dataset",
+                "sysu",
+                "--root",
+                str(root),
+                "--trials",
+                "3",
+                "--cache-dir",
+                str(cache),
+                "--device",
+                "cpu",
+                "--json",
+                str(out_test),
+            ]
+        )
+        == 0
+    )
+    model, _ = load_model(run / "last.pt")
+    data = load_eval_data("sysu", root, size=(64, 32), cache_dir=cache, trials=3, progress=False)
+    feats = extract_features(model, data.images, data.modalities, progress=False)
+    save_features_npz(tmp_path / "f.npz", data.paths, feats.numpy())
+    out_feats = tmp_path / "feats.json"
+    assert (
+        main(
+            [
+                "evaluate-features",
+                "--dataset",
+                "sysu",
+                "--root",
+                str(root),
+                "--features",
+                str(tmp_path / "f.npz"),
+                "--trials",
+                "3",
+                "--json",
+                str(out_feats),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out_test.read_text()) == json.loads(out_feats.read_text())
