@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dclnet.inference.commands import register as register_inference
 
     register_inference(sub)
+    from dclnet.benchmark import register as register_benchmark
+
+    register_benchmark(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ import torch
 
 from dclnet.config import Config, load_config, to_dict
 from dclnet.data.datasets import load_eval_data
+from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint
 from dclnet.engine.train import fit, resolve_device
 from dclnet.errors import CheckpointError, ConfigError, DclnetError
@@ -52,7 +53,20 @@ def run_training(
     output: Path,
     resume: bool,
 ) -> dict:
-    """``dclnet train``: one run, or RegDB ``--trial all`` (10 runs, then mean ± std)."""
+    """``dclnet train``: one run, or RegDB ``--trial all`` (10 runs, then mean ± std).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) this process joins the process group first
+    (NCCL with CUDA, else Gloo) and leaves it at the end.
+    """
+    created = dist_utils.init_from_env()
+    try:
+        return _run_training(config, overrides, dataset, root, trial, output, resume)
+    finally:
+        if created:
+            dist_utils.cleanup()
+
+
+def _run_training(config, overrides, dataset, root, trial, output: Path, resume: bool) -> dict:
     if resume:
         saved = output / "config.yaml"
         if trial == "all":
@@ -103,6 +117,8 @@ def _train_all_trials(config, overrides, dataset, root, output: Path, resume: bo
         "mean": {k: float(np.mean([m[k] for m in means])) for k in METRIC_KEYS},
         "std": {k: float(np.std([m[k] for m in means])) for k in METRIC_KEYS},
     }
+    if dist_utils.rank() != 0:
+        return summary
     write_json(summary, output / "summary.json")
     print(
         "RegDB, 10 trials (one model each): "
