@@ -219,3 +219,13 @@ def test_test_command_equals_evaluate_features(tmp_path, tiny_run):
         == 0
     )
     assert json.loads(out_test.read_text()) == json.loads(out_feats.read_text())
+
+
+def test_tensorboard_and_monitoring_events(tmp_path):
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
+    cfg = load_config(TINY, ["optim.epochs=2", "train.tensorboard=true", "train.eval_every=1"])
+    fit(cfg, tmp_path / "tb", progress=False)
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    monitoring = _events(tmp_path / "tb", "monitoring")
+    assert [e["epoch"] for e in monitoring] == [1]  # the last epoch is the final test instead
+    assert all(e["uses_test_data"] for e in monitoring)
