@@ -11,8 +11,10 @@ The pieces live in :mod:`dclnet.bench`; docs/benchmarks.md records results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +167,8 @@ def run_suite(
         dtypes: Training/extraction precisions among ``fp32``, ``bf16``, ``fp16``; default
             fp32 on the CPU, fp32 and bf16 on CUDA.
         sections: Which of ``train``, ``eval``, ``dense``, ``data`` to run.
-        iters: Override the timed iterations per block (warm-up 1, one block when given).
+        iters: Quick mode: one warm-up and one block of ``iters`` timed steps per training
+            variant, one timed extraction of ``embed_batch`` images.
         channels_last: Channels-last layout in the training steps.
         compile: ``torch.compile`` the networks of the training steps.
     """
@@ -177,8 +180,9 @@ def run_suite(
     if isinstance(size, str) and size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
     bench = SIZES[size] if isinstance(size, str) else size
-    if iters is not None:
-        bench = BenchSize(**{**bench.__dict__, "warmup": 1, "iters": iters, "repeats": 1})
+    if iters is not None:  # quick mode, e.g. the real size on a CPU
+        quick = {"warmup": 1, "iters": iters, "repeats": 1, "embed_images": bench.embed_batch}
+        bench = dataclasses.replace(bench, **quick)
     dtypes = dtypes or (["fp32", "bf16"] if dev.type == "cuda" else ["fp32"])
     for name in dtypes:
         if name not in DTYPES:
@@ -188,6 +192,7 @@ def run_suite(
             raise ConfigError(f"unknown section {name!r}; valid: {', '.join(SECTIONS)}")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     rows: list[Row] = []
     if "train" in sections:
         for dtype in dtypes:
@@ -204,6 +209,7 @@ def run_suite(
         "channels_last": channels_last,
         "compile": compile,
         "sections": list(sections),
+        "load_average_start": load_start,  # other processes competing for the machine
     }
     return {"machine": machine(dev), "settings": settings, "rows": rows_as_json(rows)}
 
@@ -214,7 +220,8 @@ def format_report(report: dict[str, Any]) -> str:
     where = m.get("gpu") or m["cpu"]
     head = (
         f"dclnet benchmark, size {report['settings']['name']}: {where} "
-        f"({m['cpu_count']} CPUs, {m['torch_threads']} torch threads), torch {m['torch']}"
+        f"({m['cpu_count']} CPUs, {m['torch_threads']} torch threads), torch {m['torch']}, "
+        f"load average {report['settings'].get('load_average_start')} -> {m['load_average']}"
     )
     return head + "\n" + format_rows([Row(**r) for r in report["rows"]])
 
@@ -255,7 +262,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)"
     )
-    p.add_argument("--iters", type=int, default=None, help="timed iterations (one block)")
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="quick mode: 1 warm-up + ITERS timed steps per variant, one extraction batch",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels-last training steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the training steps")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
