@@ -81,10 +81,6 @@ def _synthetic(num_ids: int, seed: int, height: int, width: int):
     return make_synthetic(num_ids, seed=seed, height=height, width=width)
 
 
-def _synthetic_images(num_ids: int, seed: int, size: tuple[int, int]):
-    return _synthetic(num_ids, seed, size[0], size[1])
-
-
 def _relabel(visible: ImageSet, infrared: ImageSet) -> tuple[ImageSet, ImageSet, int]:
     ids = np.union1d(visible.labels, infrared.labels)
     visible.labels = np.searchsorted(ids, visible.labels).astype(np.int64)
@@ -136,7 +132,7 @@ def _train_sets(
 ):
     """(visible, infrared, val_ids or None) with the data set's own labels."""
     if dataset == "synthetic":
-        syn = _synthetic_images(synthetic_ids, synthetic_seed, size)
+        syn = _synthetic(synthetic_ids, synthetic_seed, *size)
         pids = set(syn.train_ids) | set(syn.val_ids)
         rows = [i for i, r in enumerate(syn.records) if r.label in pids]
         sets = []
@@ -277,7 +273,7 @@ def load_eval_data(
         direction=direction,
     )
     if dataset == "synthetic":
-        syn = _synthetic_images(synthetic_ids, synthetic_seed, size)
+        syn = _synthetic(synthetic_ids, synthetic_seed, *size)
         splits = build_splits(settings, listing=syn.listing(), test_ids=syn.test_ids)
     else:
         splits = build_splits(settings, root_path)
