@@ -227,6 +227,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     report = run_suite(
         device=args.device,
         size=args.size,
@@ -270,5 +272,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--channels-last", action="store_true", help="channels-last training steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the training steps")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 avoids thread oversubscription "
+        "on a CPU shared with other processes",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.set_defaults(func=cmd_benchmark)
