@@ -65,7 +65,8 @@ def table(results: dict[str, list[dict]], command: str, seconds: float) -> str:
     lines += [
         "",
         f"Synthetic data (not SYSU-MM01/RegDB). Command: `{command}`; {machine}; "
-        f"{seconds / 60:.1f} min in all. Each cell: mean ± std over seeds of the 10-trial mean "
+        f"{seconds / 60:.1f} min for the runs trained by this invocation (finished runs are "
+        "re-read). Each cell: mean ± std over seeds of the 10-trial mean "
         "(SYSU-style all-search protocol on the synthetic test identities).",
     ]
     return "\n".join(lines)

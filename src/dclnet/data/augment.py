@@ -117,8 +117,10 @@ def normalize(
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> Tensor:
     """Per-channel ``(x - mean) / std`` of ``N x 3 x H x W`` images in [0, 1]."""
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    # built on the CPU and copied without blocking (torch.tensor(..., device=cuda) syncs)
+    mean_t = torch.tensor(mean, dtype=images.dtype).to(images.device, non_blocking=True)
+    std_t = torch.tensor(std, dtype=images.dtype).to(images.device, non_blocking=True)
+    mean_t, std_t = mean_t.view(1, -1, 1, 1), std_t.view(1, -1, 1, 1)
     return (images - mean_t) / std_t
 
 
@@ -235,9 +237,11 @@ def augment_batch(
     if modality == VISIBLE:
         if config.channel_aug == "none":
             channel = torch.full_like(channel, 3)  # luma only
-        x = _single_channel(x, gray.to(device), channel.to(device))
+        x = _single_channel(
+            x, gray.to(device, non_blocking=True), channel.to(device, non_blocking=True)
+        )
     if config.pad_crop > 0:
-        x = _pad_crop(x, config.pad_crop, offsets.to(device))
-    x = normalize(_flip(x, flip.to(device)))
-    erased = _box_mask(boxes.to(device), h, w)  # N x H x W
+        x = _pad_crop(x, config.pad_crop, offsets.to(device, non_blocking=True))
+    x = normalize(_flip(x, flip.to(device, non_blocking=True)))
+    erased = _box_mask(boxes.to(device, non_blocking=True), h, w)  # N x H x W
     return x.masked_fill(erased.unsqueeze(1), 0.0), erased

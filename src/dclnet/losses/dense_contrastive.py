@@ -203,6 +203,7 @@ def dense_contrastive_loss(
     *,
     tau: float = 0.05,
     chunk_size: int = 512,
+    num_labels: int | None = None,
 ) -> Tensor:
     """Memory-efficient dense contrastive loss (same value and gradient as the naive form).
 
@@ -214,6 +215,8 @@ def dense_contrastive_loss(
         tau: temperature.
         chunk_size: visible anchors per image processed at once; peak extra memory is about
             two ``N x chunk_size x H'W'`` float32 tensors.
+        num_labels: ``P + 1`` when known (labels in ``0..P``); skips reading the label range
+            back from the device, the loss's only host synchronisation.
 
     Returns:
         Scalar float32 loss (float64 for float64 inputs); a zero that carries gradient
@@ -222,13 +225,15 @@ def dense_contrastive_loss(
     _check_inputs(z_v, z_i, m_v, m_i)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    labels = torch.stack([m_v.min(), m_i.min(), m_v.max(), m_i.max()]).tolist()
-    if min(labels[:2]) < 0:
-        raise ValueError(f"mask labels must be >= 0, got minimum {min(labels[:2])}")
+    if num_labels is None:
+        labels = torch.stack([m_v.min(), m_i.min(), m_v.max(), m_i.max()]).tolist()
+        if min(labels[:2]) < 0:
+            raise ValueError(f"mask labels must be >= 0, got minimum {min(labels[:2])}")
+        num_labels = int(max(labels[2:])) + 1
     with torch.autocast(device_type=z_v.device.type, enabled=False):
         dtype = _compute_dtype(z_v.dtype, tau)
         a = _flatten_normalised(z_v).to(dtype)  # N x HW x C
         b = _flatten_normalised(z_i).to(dtype)  # N x HW' x C
         la, lb = m_v.flatten(1), m_i.flatten(1)  # N x HW, N x HW'
-        loss = _DenseContrastive.apply(a, b, la, lb, int(max(labels[2:])) + 1, tau, chunk_size)
+        loss = _DenseContrastive.apply(a, b, la, lb, num_labels, tau, chunk_size)
         return loss.to(torch.float64 if z_v.dtype == torch.float64 else torch.float32)

@@ -28,15 +28,16 @@ def center_cluster_loss(features: Tensor, labels: Tensor, margin: float = 0.7) -
         Scalar float32 loss; the centre term is 0 when the batch holds one identity.
     """
     f = features.float()
-    classes, inverse = torch.unique(labels, return_inverse=True)  # K, B
-    k = classes.numel()
-    onehot = F.one_hot(inverse, k).to(f.dtype)  # B x K
-    centres = (onehot.T @ f) / onehot.sum(dim=0).unsqueeze(1)  # K x D
-    intra = torch.linalg.vector_norm(f - centres[inverse], dim=1).mean()
-    dist = _pairwise_distance(centres, centres)  # K x K
-    off_diag = ~torch.eye(k, dtype=torch.bool, device=f.device)
-    push = F.relu(margin - dist) * off_diag  # K x K
-    inter = (push.sum(dim=1) / max(k - 1, 1)).mean()
+    # B x B same-identity matrix instead of torch.unique: no host synchronisation
+    same = (labels.unsqueeze(0) == labels.unsqueeze(1)).to(f.dtype)  # B x B
+    count = same.sum(dim=1)  # B, images of identity y_i
+    centres = (same @ f) / count.unsqueeze(1)  # B x D, c_{y_i} per row
+    intra = torch.linalg.vector_norm(f - centres, dim=1).mean()
+    k = (1.0 / count).sum()  # number of identities
+    dist = _pairwise_distance(centres, centres)  # B x B
+    weight = (1.0 - same) / (count.unsqueeze(0) * count.unsqueeze(1))  # each class pair once
+    push = (F.relu(margin - dist) * weight).sum()  # sum over ordered pairs y != y'
+    inter = push / (k * (k - 1.0).clamp_min(1.0))
     return intra + inter
 
 

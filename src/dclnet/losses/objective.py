@@ -144,7 +144,13 @@ def dclnet_objective(
         n = b // 2
         z = out.low_map
         dcl = dense_contrastive_loss(
-            z[:n], z[n:], masks[:n], masks[n:], tau=tau, chunk_size=chunk_size
+            z[:n],
+            z[n:],
+            masks[:n],
+            masks[n:],
+            tau=tau,
+            chunk_size=chunk_size,
+            num_labels=num_parts + 1,
         )
         terms["dcl"] = weights.dcl * dcl
     total = sum(terms.values()) if terms else out.logits.sum() * 0.0

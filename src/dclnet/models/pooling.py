@@ -40,10 +40,10 @@ def stripe_bounds(height: int, parts: int) -> tuple[list[int], list[int]]:
 
 def stripe_weights(height: int, parts: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``parts x height`` matrix averaging the rows of each stripe (see :func:`stripe_bounds`)."""
-    starts, ends = stripe_bounds(height, parts)
+    k = torch.arange(parts, device=device)[:, None]  # n x 1, built on the device: no sync
+    start = k * height // parts  # n x 1, floor(k H / n) as in stripe_bounds
+    end = -(-(k + 1) * height // parts)  # n x 1, ceil((k + 1) H / n)
     rows = torch.arange(height, device=device)  # H
-    start = torch.tensor(starts, device=device)[:, None]  # n x 1
-    end = torch.tensor(ends, device=device)[:, None]  # n x 1
     inside = (rows >= start) & (rows < end)  # n x H
     return inside.to(dtype) / (end - start).to(dtype)
 
