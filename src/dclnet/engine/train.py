@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dclnet.config import Config, save_config, to_dict
+from dclnet.config import Config, DataConfig, save_config, to_dict
 from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from dclnet.data.datasets import EvalData, TrainData, load_eval_data, load_train_data
 from dclnet.data.sampler import CrossModalitySampler
@@ -148,17 +148,24 @@ def _restore(path: Path, model: DCLNet, optimizer, scheduler, scaler) -> dict[st
     return state
 
 
+def _source_kwargs(d: DataConfig) -> dict[str, Any]:
+    """Where the images come from and at what size (shared by training and test data)."""
+    return {
+        "trial": d.trial,
+        "size": (d.height, d.width),
+        "cache_dir": d.cache_dir,
+        "skip_corrupt": d.skip_corrupt,
+        "synthetic_ids": d.synthetic_ids,
+        "synthetic_seed": d.synthetic_seed,
+    }
+
+
 def _load_train(cfg: Config, progress: bool) -> TrainData:
     d = cfg.data
     return load_train_data(
         d.dataset,
         d.root,
-        trial=d.trial,
-        size=(d.height, d.width),
-        cache_dir=d.cache_dir,
-        skip_corrupt=d.skip_corrupt,
-        synthetic_ids=d.synthetic_ids,
-        synthetic_seed=d.synthetic_seed,
+        **_source_kwargs(d),
         validation=cfg.train.validation,
         val_fraction=cfg.train.val_fraction,
         seed=cfg.train.seed,
@@ -338,12 +345,7 @@ def load_eval_data_for(cfg: Config, *, progress: bool) -> EvalData:
     return load_eval_data(
         d.dataset,
         d.root,
-        trial=d.trial,
-        size=(d.height, d.width),
-        cache_dir=d.cache_dir,
-        skip_corrupt=d.skip_corrupt,
-        synthetic_ids=d.synthetic_ids,
-        synthetic_seed=d.synthetic_seed,
+        **_source_kwargs(d),
         mode=e.mode,
         shots=e.shots,
         sampler=e.sampler,
