@@ -30,37 +30,20 @@ import time
 import numpy as np
 import torch
 
+from dclnet.bench.components import FEATURE_DIM, regdb_trials, sysu_trials
 from dclnet.evaluation.metrics import RankingMetrics, evaluate_ranking
 from dclnet.evaluation.reference import reference_evaluate_ranking
 from dclnet.evaluation.rerank import k_reciprocal_rerank
 
-DIM = 2048
-
-
-def _features(rng: np.random.Generator, centres: torch.Tensor, labels: np.ndarray):
-    noise = torch.from_numpy(rng.standard_normal((len(labels), DIM), dtype=np.float32))
-    return torch.nn.functional.normalize(centres[labels] + 4.5 * noise, dim=1)
+DIM = FEATURE_DIM
 
 
 def _sysu_trials(trials: int, seed: int):
-    rng = np.random.default_rng(seed)
-    centres = torch.from_numpy(rng.standard_normal((96, DIM), dtype=np.float32))
-    q_lab = rng.integers(0, 96, 3803)
-    q_cam = rng.choice([3, 6], 3803)
-    query = _features(rng, centres, q_lab)
-    slots = np.array([(pid, cam) for pid in range(96) for cam in (1, 2, 4, 5)])
-    for _ in range(trials):
-        g_lab, g_cam = slots[np.sort(rng.choice(len(slots), 301, replace=False))].T
-        yield query, _features(rng, centres, g_lab), q_lab, g_lab, q_cam, g_cam
+    return sysu_trials(trials, np.random.default_rng(seed))
 
 
 def _regdb_trials(trials: int, seed: int):
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(206), 10)
-    for _ in range(trials):
-        centres = torch.from_numpy(rng.standard_normal((206, DIM), dtype=np.float32))
-        query, gallery = _features(rng, centres, labels), _features(rng, centres, labels)
-        yield query, gallery, labels, labels, np.ones(2060, int), np.full(2060, 2)
+    return regdb_trials(trials, np.random.default_rng(seed))
 
 
 def _time_protocol(trials, rule: str) -> dict[str, float]:

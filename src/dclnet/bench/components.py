@@ -46,7 +46,8 @@ def _features(rng: np.random.Generator, centres: torch.Tensor, labels: np.ndarra
     return F.normalize(centres[labels] + 4.5 * noise, dim=1)
 
 
-def _sysu_trials(trials: int, rng: np.random.Generator) -> Iterator[Trial]:
+def sysu_trials(trials: int, rng: np.random.Generator) -> Iterator[Trial]:
+    """Simulated SYSU-MM01 all-search trials at real size: 3,803 queries x 301 gallery."""
     centres = torch.from_numpy(rng.standard_normal((96, FEATURE_DIM), dtype=np.float32))
     q_lab = rng.integers(0, 96, 3803)
     q_cam = rng.choice([3, 6], 3803)
@@ -57,7 +58,8 @@ def _sysu_trials(trials: int, rng: np.random.Generator) -> Iterator[Trial]:
         yield query, _features(rng, centres, g_lab), q_lab, g_lab, q_cam, g_cam
 
 
-def _regdb_trials(trials: int, rng: np.random.Generator) -> Iterator[Trial]:
+def regdb_trials(trials: int, rng: np.random.Generator) -> Iterator[Trial]:
+    """Simulated RegDB trials at real size: 2,060 x 2,060, fresh features per trial."""
     labels = np.repeat(np.arange(206), 10)
     for _ in range(trials):  # each RegDB trial has its own model, hence its own features
         centres = torch.from_numpy(rng.standard_normal((206, FEATURE_DIM), dtype=np.float32))
@@ -68,7 +70,7 @@ def _regdb_trials(trials: int, rng: np.random.Generator) -> Iterator[Trial]:
 def bench_evaluation(protocol: str, trials: int, device: torch.device) -> dict[str, Any]:
     """Seconds for ``trials`` trials of a protocol (similarity + metrics), and trial 0's rank-1."""
     rule = PROTOCOLS[protocol][2]
-    make = _sysu_trials if rule == "sysu" else _regdb_trials
+    make = sysu_trials if rule == "sysu" else regdb_trials
     data = [
         (q.to(device), g.to(device), *rest)
         for q, g, *rest in make(trials, np.random.default_rng(0))
