@@ -1,4 +1,4 @@
-"""Train the four ablations of method.md §7 on the synthetic set, several seeds each.
+"""Train the four ablations of docs/method.md §7 on the synthetic set, several seeds each.
 
     python scripts/run_ablations.py --output runs/ablations --seeds 0 1 2 [--readme README.md]
 

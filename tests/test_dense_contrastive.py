@@ -24,7 +24,7 @@ def _inputs(n, c, h, w, labels, seed=0, dtype=torch.float32, hw_i=None):
 
 
 def _loop_reference(z_v, z_i, m_v, m_i, tau):
-    """Definition of spec §6 written anchor by anchor with Python loops (float64)."""
+    """Definition of docs/method.md §6 written anchor by anchor with Python loops (float64)."""
     total, count = 0.0, 0
     for n in range(z_v.shape[0]):
         a = torch.nn.functional.normalize(z_v[n].detach().double().flatten(1), dim=0).T  # HW x C

@@ -10,7 +10,7 @@ from dclnet.losses.rectify import rectify_masks
 
 
 def _loop_reference(z, masks, num_parts):
-    """Spec §5 written image by image and pixel by pixel."""
+    """docs/method.md §5 written image by image and pixel by pixel."""
     out = masks.clone()
     b, _, h, w = z.shape
     band = stripe_index(h, num_parts).tolist()

@@ -51,7 +51,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentSection:
-    """Training augmentation (method.md §2)."""
+    """Training augmentation (docs/method.md §2)."""
 
     grayscale_p: float = 0.5  # visible only
     flip_p: float = 0.5
@@ -64,7 +64,7 @@ class AugmentSection:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network arguments (method.md §3)."""
+    """Network arguments (docs/method.md §3)."""
 
     arch: str = "resnet50"  # one of ARCHS
     pretrained: str | None = "imagenet"  # "imagenet", a local weights file, or null
@@ -75,7 +75,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss terms and weights (method.md §4-7). ``preset`` overrides the switches."""
+    """Loss terms and weights (docs/method.md §4-7). ``preset`` overrides the switches."""
 
     preset: str | None = None  # one of PRESETS; null = use the fields below
     id: float = 1.0
@@ -94,7 +94,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser and schedule (method.md §8)."""
+    """Optimiser and schedule (docs/method.md §8)."""
 
     optimizer: str = "adam"  # one of OPTIMIZERS
     lr: float = 3.5e-3  # BNNecks and classifiers; the rest uses lr * backbone_lr_mult

@@ -15,7 +15,7 @@ import torch
 
 @dataclass(frozen=True)
 class BenchSize:
-    """One benchmark size; ``real`` is the paper's setting (method.md §1, §3)."""
+    """One benchmark size; ``real`` is the paper's setting (docs/method.md §1, §3)."""
 
     name: str
     arch: str  # backbone of the training-step and extraction benchmarks

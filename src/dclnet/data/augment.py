@@ -5,7 +5,7 @@ Random numbers are always drawn on the CPU (from ``generator`` or torch's defaul
 generator) in a fixed order and then moved to the images' device, so a given seed gives the
 same augmentation on every device.
 
-Training order (method spec §2):
+Training order (docs/method.md §2):
 
 - visible: random grayscale → [pad + random crop] → horizontal flip → normalise → erase
 - infrared: [pad + random crop] → horizontal flip → normalise → erase

@@ -1,4 +1,4 @@
-"""Learning-rate schedule and optimiser (method.md §8)."""
+"""Learning-rate schedule and optimiser (docs/method.md §8)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Pure, vectorised functions of a query x gallery *similarity* matrix and the label and camera
 vectors; which images form the query and the gallery is protocol code's business
-(``dclnet.evaluation.protocols``). The rules follow ``protocols.md`` to the letter:
+(``dclnet.evaluation.protocols``). The rules follow ``docs/protocols.md`` §7-8 to the letter:
 
 * Each query ranks the gallery by descending similarity, i.e. ascending distance
   ``d = -similarity``, as a **stable** sort would: exactly tied similarities keep gallery

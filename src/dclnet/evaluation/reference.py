@@ -1,6 +1,6 @@
 """Plain per-query reference for :func:`dclnet.evaluation.metrics.evaluate_ranking`.
 
-One loop over the queries that follows the protocol text of ``protocols.md`` step by step,
+One loop over the queries that follows the protocol text of ``docs/protocols.md`` §7-8 step by step,
 with an explicit list de-duplication. It makes no attempt at speed: it is the test oracle and
 the benchmark baseline; use
 :func:`~dclnet.evaluation.metrics.evaluate_ranking` for real work.

@@ -1,4 +1,4 @@
-"""Dense contrastive loss between aligned visible/infrared low-level maps (spec §6).
+"""Dense contrastive loss between aligned visible/infrared low-level maps (docs/method.md §6).
 
 For pair ``n`` (visible image ``n`` and infrared image ``n``, same identity), with
 per-pixel L2-normalised features ``z_v(p)``, ``z_i(q)`` and part masks ``m_v``, ``m_i``

@@ -1,4 +1,4 @@
-"""Identity-level classification losses (spec §7)."""
+"""Identity-level classification losses (docs/method.md §7)."""
 
 from __future__ import annotations
 

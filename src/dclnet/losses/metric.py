@@ -1,4 +1,4 @@
-"""Metric losses on the global feature f (spec §7): center-cluster and batch-hard triplet."""
+"""Metric losses on the global feature f (docs/method.md §7): center-cluster, batch-hard triplet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DCLNet objective: model outputs + targets -> named, weighted loss terms (spec §7 total).
+"""DCLNet objective: model outputs + targets -> named, weighted loss terms (docs/method.md §7).
 
 ``L = w_id L_id + w_metric L_metric + w_part_id L_part_id + w_pap L_pap + w_dcl L_dcl``.
 A term whose weight is 0 is neither computed nor returned; the ablations of the paper are

@@ -1,4 +1,4 @@
-"""Part Aware Parsing (spec §4): CAM pseudo-labels, PAP loss, predicted and stripe masks.
+"""Part Aware Parsing (docs/method.md §4): CAM pseudo-labels, PAP loss, predicted and stripe masks.
 
 Stripe geometry. The part branch splits the final map (``h`` rows) into ``P`` horizontal
 stripes with adaptive-pooling boundaries, :func:`stripe_bounds` (``start = floor(k h / P)``,

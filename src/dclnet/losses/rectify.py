@@ -1,4 +1,4 @@
-"""Semantic Rectification Module (spec §5): refine part masks with the image's own features."""
+"""Semantic Rectification Module (docs/method.md §5): refine part masks with an image's features."""
 
 from __future__ import annotations
 

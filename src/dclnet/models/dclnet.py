@@ -1,6 +1,6 @@
 """DCLNet: two-stream ResNet, GeM + BNNeck identity head, part branch and PAP pixel head.
 
-Layout (method.md §3-4). A ResNet is read as five stages: stem (conv1, bn1, relu, maxpool),
+Layout (docs/method.md §3-4). A ResNet is read as five stages: stem (conv1, bn1, relu, maxpool),
 layer1, ..., layer4. The first ``split`` stages exist once per modality, the rest are shared::
 
     visible  ─ visible.{conv1,bn1,layer1,...}  ─┐
@@ -110,7 +110,7 @@ class PixelClassifier(nn.Module):
 
 
 class DCLNet(nn.Module):
-    """Two-stream DCLNet for visible-infrared re-identification (method.md §3-4, §9).
+    """Two-stream DCLNet for visible-infrared re-identification (docs/method.md §3-4, §9).
 
     Args:
         num_classes: Training identities.
@@ -214,7 +214,7 @@ class DCLNet(nn.Module):
         self.shared.load_state_dict(high, strict=False)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters split for the learning rates of method.md §8 (released code).
+        """Parameters split for the learning rates of docs/method.md §8 (released code).
 
         ``"head"``: BNNecks and identity / part classifiers (base rate); ``"backbone"``:
         everything else, PAP pixel classifiers included (0.1x). Frozen BNNeck biases are listed

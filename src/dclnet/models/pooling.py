@@ -1,6 +1,6 @@
 """Generalised-mean (GeM) pooling, global and over horizontal stripes.
 
-GeM with exponent p: ``f_c = (mean_hw X_c^p + eps)^(1/p)`` (method.md §3, p = 3, eps = 1e-12).
+GeM with exponent p: ``f_c = (mean_hw X_c^p + eps)^(1/p)`` (docs/method.md §3, p = 3, eps = 1e-12).
 X is a post-ReLU map, hence non-negative; it is clamped at 0 anyway so that a fractional power
 of a negative value can never produce NaN. Low-precision inputs (float16 / bfloat16) are pooled
 in float32, since ``X^3`` overflows float16 and 1e-12 underflows it, and the result is cast
