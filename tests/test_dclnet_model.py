@@ -192,6 +192,35 @@ def test_model_args_rebuild():
     assert model.default_cfg["embed_dim"] == model.num_features == 512
 
 
+def test_pixel_init_option_round_trips(tmp_path):
+    from dclnet.engine.checkpoint import save_checkpoint
+    from dclnet.engine.runs import load_model
+
+    torch.manual_seed(0)
+    default = make_model()
+    normal = make_model(pixel_init="normal")
+    dim = sum(normal.pixel_classifier.level_channels)
+    uniform_std = 1 / (3 * dim) ** 0.5  # nn.Linear's default: U(-1/sqrt D, 1/sqrt D)
+    for model, std in ((normal, 0.001), (default, uniform_std)):
+        for linear in (model.pixel_classifier.visible, model.pixel_classifier.infrared):
+            assert linear.weight.std().item() == pytest.approx(std, rel=0.05)
+            assert linear.weight.mean().abs().item() < std / 10
+    vis, ir = normal.pixel_classifier.visible.weight, normal.pixel_classifier.infrared.weight
+    assert not torch.equal(vis, ir)
+    assert default.model_args()["pixel_init"] == "default"
+    args = normal.model_args()
+    assert args["pixel_init"] == "normal"
+    assert make_model(**{k: v for k, v in args.items() if k != "num_classes"})._args == normal._args
+    # a checkpoint written before the option existed still loads (default init, weights kept)
+    old_args = {k: v for k, v in args.items() if k != "pixel_init"}
+    save_checkpoint({"model_args": old_args, "model": normal.state_dict()}, tmp_path / "old.pt")
+    loaded, _ = load_model(tmp_path / "old.pt")
+    assert loaded.model_args()["pixel_init"] == "default"
+    assert torch.equal(loaded.pixel_classifier.visible.weight, vis)
+    with pytest.raises(ConfigError, match="pixel_init"):
+        make_model(pixel_init="zeros")
+
+
 # -- gradients ------------------------------------------------------------------------------
 
 
@@ -348,3 +377,27 @@ def test_embed_flip_averages_before_normalising():
     assert torch.allclose(flipped, expected, atol=1e-6)
     assert torch.allclose(flipped.norm(dim=1), torch.ones(2), atol=1e-6)
     assert not torch.allclose(flipped, plain, atol=1e-4)
+
+
+# -- dense contrastive loss through the network -----------------------------------------------
+
+
+def test_dense_contrastive_term_alone_trains_both_stems():
+    """L_dcl acts on Z, the output of the modality-specific stages: both stems get gradient."""
+    from dclnet.losses.objective import LossWeights, dclnet_objective
+
+    torch.manual_seed(0)
+    model = make_model()
+    out = model(visible=images(4), infrared=images(4, 1))
+    weights = LossWeights(id=0, metric=0, part_id=0, pap=0, dcl=1)
+    terms = dclnet_objective(
+        out, torch.tensor([0, 0, 1, 1] * 2), None, weights=weights, dcl_masks="stripes"
+    )
+    assert set(terms) == {"dcl", "total"} and terms["total"].item() > 0
+    terms["total"].backward()
+    for stream in (model.visible, model.infrared):
+        grad = stream.conv1.weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    for name, p in model.named_parameters():  # nothing after Z is in the graph
+        if not name.startswith(("visible.", "infrared.")):
+            assert p.grad is None, name

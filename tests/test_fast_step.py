@@ -126,7 +126,9 @@ def test_inductor_compiled_step_matches_eager(fp32_losses):
 
 @pytest.mark.parametrize("preset", ["baseline", "dcl_stripes", "full"])
 def test_every_trainable_parameter_gets_a_gradient(preset):
-    """What DDP needs without find_unused_parameters: frozen heads are exactly the unused."""
+    """What DDP needs without find_unused_parameters: frozen heads are exactly the unused,
+    and every trainable parameter gets a finite, non-zero gradient (not merely a zero tensor
+    from a branch that does not reach it)."""
     ctx = _context(preset=preset)
     frozen = {id(p) for m in unused_modules(ctx.net, ABLATIONS[preset]["weights"])
               for p in m.parameters()}  # fmt: skip
@@ -134,6 +136,7 @@ def test_every_trainable_parameter_gets_a_gradient(preset):
     for name, p in ctx.net.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, name
         else:
             assert p.grad is None, name
             assert id(p) in frozen or name.endswith("bnneck.bias"), name

@@ -24,6 +24,8 @@ ARCHS = ("resnet18", "resnet34", "resnet50")
 METRIC_LOSSES = ("center_cluster", "triplet")
 DCL_MASKS = ("pap", "stripes")
 CAM_CLASSES = ("label", "predicted")
+CENTER_PUSH = ("identities", "released")
+PIXEL_INITS = ("default", "normal")
 OPTIMIZERS = ("adam", "sgd")
 PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
 VALIDATION = ("none", "sysu", "fraction")
@@ -71,6 +73,7 @@ class ModelConfig:
     split: int = 2  # modality-specific stages: 1..4 (2 = stem + layer1)
     num_parts: int = 6
     gem_p: float = 3.0
+    pixel_init: str = "default"  # one of PIXEL_INITS; "normal" = N(0, 0.001), released code
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class LossConfig:
     pap: float = 1.0
     dcl: float = 1.0
     metric_loss: str = "center_cluster"  # one of METRIC_LOSSES
+    center_push: str = "identities"  # one of CENTER_PUSH; "released" = rows 0, P, 2P, ... only
     label_smoothing: float = 0.0
     dcl_masks: str = "pap"  # one of DCL_MASKS
     srm: bool = True
@@ -158,6 +162,8 @@ _CHOICES = {
     "loss.metric_loss": METRIC_LOSSES,
     "loss.dcl_masks": DCL_MASKS,
     "loss.cam_class": CAM_CLASSES,
+    "loss.center_push": CENTER_PUSH,
+    "model.pixel_init": PIXEL_INITS,
     "optim.optimizer": OPTIMIZERS,
     "train.validation": VALIDATION,
     "train.amp": AMP_DTYPES,

@@ -56,6 +56,7 @@ def loss_kwargs(cfg: Config) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "weights": LossWeights(id=c.id, metric=c.metric, part_id=c.part_id, pap=c.pap, dcl=c.dcl),
         "metric": c.metric_loss,
+        "center_push": c.center_push,
         "label_smoothing": c.label_smoothing,
         "dcl_masks": c.dcl_masks,
         "srm": c.srm,
@@ -77,6 +78,7 @@ def _build_model(cfg: Config, num_classes: int) -> DCLNet:
         split=m.split,
         num_parts=m.num_parts,
         gem_p=m.gem_p,
+        pixel_init=m.pixel_init,
     )
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from dclnet.errors import ConfigError
 from dclnet.losses.dense_contrastive import dense_contrastive_loss
 from dclnet.losses.identity import identity_loss
-from dclnet.losses.metric import center_cluster_loss, triplet_loss
+from dclnet.losses.metric import CENTER_PUSH, center_cluster_loss, triplet_loss
 from dclnet.losses.parsing import (
     downsample_erased,
     pap_loss,
@@ -83,6 +83,7 @@ def dclnet_objective(
     part_weight: Tensor | None = None,
     weights: LossWeights = LossWeights(),  # noqa: B008 (frozen, immutable)
     metric: str = "center_cluster",
+    center_push: str = "identities",
     label_smoothing: float = 0.0,
     dcl_masks: str = "pap",
     srm: bool = True,
@@ -102,6 +103,9 @@ def dclnet_objective(
             needed only when the PAP term is on).
         weights: per-term weights; 0 switches a term off.
         metric: ``"center_cluster"`` or ``"triplet"``.
+        center_push: centres pushed by the center-cluster loss: ``"identities"`` (all) or
+            ``"released"`` (those of rows 0, P, 2P, ..., as in the released code; see
+            :func:`~dclnet.losses.metric.center_cluster_loss`). Ignored by the triplet loss.
         label_smoothing: label smoothing of the global identity loss.
         dcl_masks: ``"pap"`` (predicted PAP masks) or ``"stripes"`` (fixed stripes).
         srm: rectify PAP masks with SRM before the dense loss.
@@ -117,6 +121,7 @@ def dclnet_objective(
         and ``total``, their sum.
     """
     _check_choice("metric", metric, METRIC_LOSSES)
+    _check_choice("center_push", center_push, CENTER_PUSH)
     _check_choice("dcl_masks", dcl_masks, DCL_MASKS)
     _check_choice("cam_class", cam_class, CAM_CLASSES)
     b = labels.shape[0]
@@ -128,7 +133,8 @@ def dclnet_objective(
     if weights.id:
         terms["id"] = weights.id * identity_loss(out.logits, labels, label_smoothing)
     if weights.metric:
-        terms["metric"] = weights.metric * METRIC_LOSSES[metric](out.global_feat, labels)
+        extra = {"push_rows": center_push} if metric == "center_cluster" else {}
+        terms["metric"] = weights.metric * METRIC_LOSSES[metric](out.global_feat, labels, **extra)
     if weights.part_id:
         terms["part_id"] = weights.part_id * identity_loss(out.part_logits, labels)
     if weights.pap:

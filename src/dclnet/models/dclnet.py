@@ -46,6 +46,7 @@ from dclnet.models.resnet import (
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PIXEL_INITS = ("default", "normal")  # PAP pixel-classifier init ("normal": released code)
 
 
 def _bnneck(dim: int) -> nn.BatchNorm1d:
@@ -122,6 +123,9 @@ class DCLNet(nn.Module):
         num_parts: Horizontal stripes of the part branch and body parts of the PAP head.
         gem_p: GeM exponent.
         last_stride: Stride of layer4 (1 keeps X at 1/16 of the input: 18 x 9 for 288 x 144).
+        pixel_init: Initial weights of the PAP pixel classifiers: ``"default"`` (PyTorch's
+            ``nn.Linear`` init) or ``"normal"`` (N(0, 0.001) like the other classifiers, as
+            in the released code).
 
     Attributes:
         num_features: C, channels of X and size of the embedding.
@@ -138,8 +142,13 @@ class DCLNet(nn.Module):
         num_parts: int = 6,
         gem_p: float = 3.0,
         last_stride: int = 1,
+        pixel_init: str = "default",
     ) -> None:
         super().__init__()
+        if pixel_init not in PIXEL_INITS:
+            raise ConfigError(
+                f"pixel_init must be one of {', '.join(PIXEL_INITS)}, got {pixel_init!r}"
+            )
         if not 1 <= split <= 4:
             raise ConfigError(f"split must be 1-4 (modality-specific stages), got {split}")
         if num_classes < 1 or num_parts < 1:
@@ -154,6 +163,7 @@ class DCLNet(nn.Module):
             num_parts=num_parts,
             gem_p=gem_p,
             last_stride=last_stride,
+            pixel_init=pixel_init,
         )
         resnet = build_resnet(arch, last_stride=last_stride)
         self.visible = ResNetStages(resnet, 0, split)
@@ -168,6 +178,9 @@ class DCLNet(nn.Module):
         self.part_bnneck = _bnneck(num_parts * dim)
         self.part_classifier = _classifier(num_parts * dim, num_classes)
         self.pixel_classifier = PixelClassifier(resnet.stage_channels, 2 + num_parts)
+        if pixel_init == "normal":
+            nn.init.normal_(self.pixel_classifier.visible.weight, 0.0, 0.001)
+            nn.init.normal_(self.pixel_classifier.infrared.weight, 0.0, 0.001)
         self.default_cfg = {
             "input_size": (3, 288, 144),
             "mean": IMAGENET_MEAN,
