@@ -109,7 +109,11 @@ def test_predicted_cam_class_and_triplet_and_smoothing():
         metric="triplet",
         label_smoothing=0.1,
     )
-    targets = parsing_labels(out.final_map, pw, out.part_logits.argmax(1), None, GRID)
+    # the released code's rule: top-1 of the *global* identity classifier, not the part one
+    global_top1, part_top1 = out.logits.argmax(1), out.part_logits.argmax(1)
+    assert not torch.equal(global_top1, part_top1)
+    targets = parsing_labels(out.final_map, pw, global_top1, None, GRID)
+    assert not torch.equal(targets, parsing_labels(out.final_map, pw, part_top1, None, GRID))
     assert not torch.equal(targets, parsing_labels(out.final_map, pw, labels, None, GRID))
     torch.testing.assert_close(losses["pap"], pap_loss(out.pixel_logits, targets))
     torch.testing.assert_close(losses["metric"], triplet_loss(out.global_feat, labels))

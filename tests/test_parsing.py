@@ -169,3 +169,40 @@ def test_stripe_masks():
     assert masks[0, 5, 1] == 0 and masks[0, 5, 0] == 3 and masks[1, 5, 1] == 3
     odd = stripe_masks(1, (7, 1))
     assert odd[0, :, 0].tolist() == (stripe_index(7, 6) + 1).tolist()
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_cam_chunks_are_the_weights_the_model_applies_to_each_stripe(fold):
+    """CAM path vs the network: chunk k of a class row must score stripe k of the final map.
+
+    With the part BNNeck folded in (``cam_weight(True)``), the part logit of class c is exactly
+    ``sum_k <chunk_k, GeM(stripe k) - running_mean_k>``: the CAMs read the evidence the
+    classifier uses. Without folding, chunk k is still applied to stripe k (before the BNNeck).
+    """
+    import warnings
+
+    from dclnet.models.dclnet import DCLNet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = DCLNet(5, arch="resnet18", pretrained=None, num_parts=3).eval()
+    bn = net.part_bnneck
+    with torch.no_grad():
+        bn.running_mean.uniform_(0.0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        net.part_classifier.weight.normal_()
+    x = torch.rand(2, 512, 6, 3)  # final map
+    stripes = net.stripe_pool(x)  # B x C x P
+    feat = stripes.transpose(1, 2).flatten(1)  # the model's stripe-major layout
+    logits = net.part_classifier(bn(feat))  # B x classes
+    w = net.cam_weight(fold).view(5, 3, 512)  # classes x P x C
+    if fold:
+        centred = (stripes - bn.running_mean.view(3, 512).T).transpose(1, 2)  # B x P x C
+        got = torch.einsum("npc,bpc->bn", w, centred)
+        torch.testing.assert_close(got, logits, rtol=1e-4, atol=1e-3)
+    else:
+        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(3, 512)
+        expected = torch.einsum("npc,bpc->bn", w * scale, (stripes.transpose(1, 2)))
+        offset = (w * scale * bn.running_mean.view(3, 512)).sum((1, 2))
+        torch.testing.assert_close(expected - offset, logits, rtol=1e-4, atol=1e-3)

@@ -229,3 +229,37 @@ def test_tensorboard_and_monitoring_events(tmp_path):
     monitoring = _events(tmp_path / "tb", "monitoring")
     assert [e["epoch"] for e in monitoring] == [1]  # the last epoch is the final test instead
     assert all(e["uses_test_data"] for e in monitoring)
+
+
+def test_diagnose_command_reports_mechanisms(tmp_path, tiny_run, capsys):
+    import numpy as np
+
+    from dclnet.data.datasets import synthetic_set
+    from dclnet.evaluation.mechanisms import majority_downsample
+
+    run, _ = tiny_run
+    out = tmp_path / "sub" / "diag.json"
+    assert main(["diagnose", "--checkpoint", str(run / "last.pt"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "foreground IoU" in printed and "correspondence" in printed
+    result = json.loads(out.read_text())
+    assert result["grid"] == [16, 8]  # Z of a 64 x 32 input
+    assert set(result["foreground_iou"]) == {"pap", "pap_srm", "cam_labels", "stripes"}
+    assert set(result["part_miou"]) == {"pap", "pap_srm", "stripes"}
+    values = [*result["foreground_iou"].values(), *result["part_miou"].values()]
+    values += [result["correspondence"]["accuracy"], result["correspondence"]["chance"]]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert result["correspondence"]["num_pairs"] > 0
+    assert isinstance(result["cam_labels_train"], float)  # classifier matches the train ids
+    # the stripe masks mark every cell: their foreground IoU is the true foreground share
+    syn = synthetic_set(16, 0, 64, 32)
+    rows = [i for i, r in enumerate(syn.records) if r.label in syn.test_ids]
+    truth = majority_downsample(torch.from_numpy(syn.bands(np.array(rows))), (16, 8), 7)
+    share = (truth > 0).float().mean().item()
+    assert result["foreground_iou"]["stripes"] == pytest.approx(share, abs=1e-6)
+    # another population: different test people, same keys
+    other = tmp_path / "other.json"
+    main(["diagnose", "--checkpoint", str(run / "last.pt"), "--synthetic-seed", "5",
+          "--json", str(other)])  # fmt: skip
+    assert json.loads(other.read_text())["synthetic"]["seed"] == 5
+    assert json.loads(other.read_text())["cam_labels_train"] is None  # other training ids

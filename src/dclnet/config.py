@@ -91,7 +91,8 @@ class LossConfig:
     label_smoothing: float = 0.0
     dcl_masks: str = "pap"  # one of DCL_MASKS
     srm: bool = True
-    cam_class: str = "label"  # one of CAM_CLASSES ("predicted" = released code)
+    cam_class: str = "label"  # one of CAM_CLASSES ("predicted" = global top-1, released code)
+    cam_fold_bn: bool = False  # CAMs use the part BNNeck's gamma/sigma too (released: no)
     tau: float = 0.05
     continuity_weight: float = 0.5
 

@@ -75,7 +75,8 @@ def _check_dataset(dataset: str, root: str | Path | None) -> Path | None:
 
 
 @lru_cache(maxsize=4)
-def _synthetic(num_ids: int, seed: int, height: int, width: int):
+def synthetic_set(num_ids: int, seed: int, height: int, width: int):
+    """The built-in synthetic set rendered at ``height x width`` (memoised per process)."""
     from dclnet.data.sources.synthetic import make_synthetic
 
     return make_synthetic(num_ids, seed=seed, height=height, width=width)
@@ -132,7 +133,7 @@ def _train_sets(
 ):
     """(visible, infrared, val_ids or None) with the data set's own labels."""
     if dataset == "synthetic":
-        syn = _synthetic(synthetic_ids, synthetic_seed, *size)
+        syn = synthetic_set(synthetic_ids, synthetic_seed, *size)
         pids = set(syn.train_ids) | set(syn.val_ids)
         rows = [i for i, r in enumerate(syn.records) if r.label in pids]
         sets = []
@@ -273,7 +274,7 @@ def load_eval_data(
         direction=direction,
     )
     if dataset == "synthetic":
-        syn = _synthetic(synthetic_ids, synthetic_seed, *size)
+        syn = synthetic_set(synthetic_ids, synthetic_seed, *size)
         splits = build_splits(settings, listing=syn.listing(), test_ids=syn.test_ids)
     else:
         splits = build_splits(settings, root_path)

@@ -44,6 +44,7 @@ class StepContext:
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool = False
+    cam_fold_bn: bool = False  # CAMs scored with the part BNNeck's scale folded in
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -130,7 +131,7 @@ def train_step(
     ):
         out = ctx.model(vis, ir)
     losses = dclnet_objective(
-        out, targets, erased, part_weight=ctx.net.part_classifier.weight, **ctx.loss_kwargs
+        out, targets, erased, part_weight=ctx.net.cam_weight(ctx.cam_fold_bn), **ctx.loss_kwargs
     )
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(losses["total"]).backward()
@@ -200,6 +201,7 @@ def build_step_context(
     channels_last: bool = False,
     compile: bool = False,
     sync_bn: bool = False,
+    cam_fold_bn: bool = False,
 ) -> StepContext:
     """Wrap ``net`` for training (DDP in a process group, then ``torch.compile`` if asked).
 
@@ -211,5 +213,14 @@ def build_step_context(
         model = torch.compile(model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return StepContext(
-        model, net, optimizer, scaler, loss_kwargs, augment, device, amp_dtype, channels_last
+        model,
+        net,
+        optimizer,
+        scaler,
+        loss_kwargs,
+        augment,
+        device,
+        amp_dtype,
+        channels_last,
+        cam_fold_bn,
     )

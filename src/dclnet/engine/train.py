@@ -224,6 +224,7 @@ def fit(cfg: Config, output: Path, *, resume: bool = False, progress: bool = Tru
         channels_last=cfg.train.channels_last,
         compile=cfg.train.compile,
         sync_bn=cfg.train.sync_bn,
+        cam_fold_bn=cfg.loss.cam_fold_bn,
     )
     start_epoch, best = 0, None
     if resume:

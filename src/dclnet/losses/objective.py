@@ -109,8 +109,8 @@ def dclnet_objective(
         label_smoothing: label smoothing of the global identity loss.
         dcl_masks: ``"pap"`` (predicted PAP masks) or ``"stripes"`` (fixed stripes).
         srm: rectify PAP masks with SRM before the dense loss.
-        cam_class: class of each image's CAM: ``"label"`` or ``"predicted"`` (part-logit
-            top-1, as in the released code).
+        cam_class: class of each image's CAM: ``"label"`` (ground truth) or ``"predicted"``
+            (top-1 of the global identity classifier, as in the released code).
         tau: dense-loss temperature.
         continuity_weight: weight of the PAP continuity term.
         num_parts: number of body parts / stripes.
@@ -140,7 +140,7 @@ def dclnet_objective(
     if weights.pap:
         if part_weight is None:
             raise ValueError("part_weight is required when the PAP loss is on")
-        classes = labels if cam_class == "label" else out.part_logits.detach().argmax(dim=1)
+        classes = labels if cam_class == "label" else out.logits.detach().argmax(dim=1)
         targets = parsing_labels(
             out.final_map.detach(), part_weight.detach(), classes, erased_z, grid, num_parts
         )

@@ -239,6 +239,22 @@ class DCLNet(nn.Module):
         rest = [p for p in self.parameters() if id(p) not in head_ids]
         return {"head": head_params, "backbone": rest}
 
+    def cam_weight(self, fold_bnneck: bool = False) -> Tensor:
+        """Part-classifier weight ``num_classes x (num_parts * C)`` that scores the CAMs.
+
+        The part logits are ``W (gamma * (f - mu) / sigma)``: the part BNNeck rescales channel c
+        by ``gamma_c / sigma_c`` before the classifier. The released code scores CAMs with W
+        alone (default); ``fold_bnneck`` multiplies that scale in (running statistics), so a
+        pixel's CAM is its exact contribution to the logit up to a per-stripe constant.
+        Detached.
+        """
+        weight = self.part_classifier.weight.detach()
+        if not fold_bnneck:
+            return weight
+        bn = self.part_bnneck
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # num_parts * C
+        return weight * scale
+
     def _stream(self, modality: str) -> ResNetStages:
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(MODALITIES)}")

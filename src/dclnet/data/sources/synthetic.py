@@ -20,7 +20,13 @@ import numpy as np
 from PIL import Image
 
 from dclnet.data.records import INFRARED, VISIBLE, Record
-from dclnet.data.sources.synthetic_render import People, render, sample_people, sample_views
+from dclnet.data.sources.synthetic_render import (
+    People,
+    body_bands,
+    render,
+    sample_people,
+    sample_views,
+)
 from dclnet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +55,9 @@ class SyntheticSet:
         parts: ``N x H x W`` uint8 ground-truth part labels (values index
             :data:`~dclnet.data.sources.synthetic_render.PART_NAMES`, 0 = background or
             occluded), for checking body-part parsing.
+        body_v: ``N x H`` float32 body coordinate of every pixel row (0 = top of the head,
+            1 = soles of the person drawn in that image); :meth:`bands` turns it into body
+            bands.
         records: ``N`` records, ``images[i]`` is ``records[i]``: path
             ``cam{c}/{pid:04d}/{idx:04d}.jpg`` (``idx`` from 1), label = person id, camera,
             modality. Sorted by path.
@@ -59,6 +68,7 @@ class SyntheticSet:
 
     images: np.ndarray
     parts: np.ndarray
+    body_v: np.ndarray
     records: list[Record]
     train_ids: list[int]
     val_ids: list[int]
@@ -74,6 +84,12 @@ class SyntheticSet:
         for r in self.records:
             out.setdefault((r.cam, r.label), []).append(r.path.rsplit("/", 1)[1])
         return {key: sorted(names) for key, names in sorted(out.items())}
+
+    def bands(self, rows: np.ndarray | None = None, num_bands: int = 6) -> np.ndarray:
+        """Body-band maps ``n x H x W`` uint8 (0 = not on the person, k = k-th sixth of the
+        person's head-to-sole extent) of images ``rows`` (default: all)."""
+        rows = np.arange(len(self.records)) if rows is None else np.asarray(rows)
+        return body_bands(self.parts[rows], self.body_v[rows], num_bands)
 
     def image(self, path: str) -> np.ndarray:
         """The ``H x W x 3`` uint8 image of record ``path``."""
@@ -109,7 +125,8 @@ def render_images(
     """Render image ``i`` of person row ``who[i]`` seen by camera ``cams[i]``.
 
     Returns:
-        ``N x H x W x 3`` uint8 images and ``N x H x W`` uint8 part labels.
+        ``N x H x W x 3`` uint8 images, ``N x H x W`` uint8 part labels and ``N x H`` float32
+        body coordinate of every pixel row.
     """
     view_seed, pixel_seed = seed.spawn(2)
     views = sample_views(np.random.default_rng(view_seed), len(who))
@@ -120,11 +137,12 @@ def render_images(
     infrared = np.array([cameras[c][0] == INFRARED for c in cams], dtype=bool)
     images = np.empty((len(who), height, width, 3), dtype=np.uint8)
     parts = np.empty((len(who), height, width), dtype=np.uint8)
+    body_v = np.empty((len(who), height), dtype=np.float32)
     for modality in (False, True):
         rows = np.flatnonzero(infrared == modality)
         for start in range(0, len(rows), CHUNK):
             sel = rows[start : start + CHUNK]
-            images[sel], parts[sel] = render(
+            images[sel], parts[sel], body_v[sel] = render(
                 people,
                 who[sel],
                 {k: a[sel] for k, a in views.items()},
@@ -135,7 +153,7 @@ def render_images(
                 width,
                 pixel_rng,
             )
-    return images, parts
+    return images, parts, body_v
 
 
 def _sysu_structure(
@@ -203,9 +221,11 @@ def make_synthetic(
     val_ids = sorted(order[num_test : num_test + num_val].tolist())
     train_ids = sorted(order[num_test + num_val :].tolist())
     who, cams, records = _sysu_structure(layout_rng, num_ids, camera_presence, (lo, hi))
-    images, parts = render_images(people, who, cams, SYSU_CAMERAS, height, width, image_seed)
+    images, parts, body_v = render_images(
+        people, who, cams, SYSU_CAMERAS, height, width, image_seed
+    )
     logger.info("synthetic set: %d ids, %d images of %d x %d", num_ids, len(records), height, width)
-    return SyntheticSet(images, parts, records, train_ids, val_ids, test_ids)
+    return SyntheticSet(images, parts, body_v, records, train_ids, val_ids, test_ids)
 
 
 def _prepare_out_dir(out_dir: Path, owned: tuple[str, ...], overwrite: bool) -> Path:
@@ -318,7 +338,7 @@ def write_regdb(
     who = np.tile(np.repeat(np.arange(num_ids), images_per_modality), 2)
     cams = np.repeat([1, 2], num_ids * images_per_modality)
     out = _prepare_out_dir(out_dir, ("Visible", "Thermal", "idx"), overwrite)
-    images, _ = render_images(people, who, cams, REGDB_CAMERAS, height, width, image_seed)
+    images, _, _ = render_images(people, who, cams, REGDB_CAMERAS, height, width, image_seed)
     paths: dict[str, dict[int, list[str]]] = {"visible": {}, "thermal": {}}
     for row, cam, image in zip(who, cams, images):
         folder, letter = ("Visible", "v") if cam == 1 else ("Thermal", "t")

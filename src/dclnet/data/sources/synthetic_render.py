@@ -374,7 +374,7 @@ def render(
     height: int,
     width: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one modality's images of people ``who``.
 
     Args:
@@ -389,8 +389,9 @@ def render(
         rng: Source of the backgrounds, occluders and noise.
 
     Returns:
-        ``B x H x W x 3`` uint8 images (infrared: three equal channels) and
-        ``B x H x W`` uint8 part labels.
+        ``B x H x W x 3`` uint8 images (infrared: three equal channels), ``B x H x W`` uint8
+        part labels and ``B x H`` float32 body coordinate ``v`` of every pixel row (0 at the
+        top of the head, 1 at the soles; see :func:`body_bands`).
     """
     n = len(who)
     u, v = body_coordinates(height, width, people.shape["height"][who], views)
@@ -417,4 +418,24 @@ def render(
     img = blur(img, np.maximum(sigma + views["blur"], 0.3))
     img = img + rng.standard_normal(img.shape, dtype=np.float32) * _col(views["noise"])[..., None]
     img = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    return np.repeat(img, 3, axis=-1) if infrared else img, labels
+    img = np.repeat(img, 3, axis=-1) if infrared else img
+    return img, labels, np.ascontiguousarray(v[:, :, 0], dtype=np.float32)
+
+
+def body_bands(labels: np.ndarray, body_v: np.ndarray, num_bands: int = 6) -> np.ndarray:
+    """Body band of every person pixel: the k-th of ``num_bands`` equal slices of head-to-sole.
+
+    The renderer draws the body between ``v = 0`` (top of the head) and ``v = 1`` (soles), so
+    band ``k`` (1-based) is ``floor(v * num_bands) + 1``, clipped to ``1..num_bands``; pixels
+    that are not on the person (background, occluders) are 0.
+
+    Args:
+        labels: ``B x H x W`` part labels (0 = not on the person).
+        body_v: ``B x H`` body coordinate of each pixel row.
+        num_bands: Number of bands.
+
+    Returns:
+        ``B x H x W`` uint8 in ``0..num_bands``.
+    """
+    band = np.clip(np.floor(body_v * num_bands), 0, num_bands - 1).astype(np.uint8) + 1
+    return np.where(labels > 0, band[:, :, None], 0).astype(np.uint8)

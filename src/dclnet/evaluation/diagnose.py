@@ -1,0 +1,267 @@
+"""``dclnet diagnose``: measure DCLNet's mechanisms against the synthetic set's pixel truth.
+
+On the test identities of the built-in synthetic set (people the model never trained on), in
+eval mode and without random erasing, every mask is compared with the true body on the
+low-level map Z's grid (ground truth downsampled by majority vote):
+
+- ``foreground_iou``: IoU of the mask's foreground (label > 0) with the person pixels, for the
+  PAP masks, PAP + SRM, the CAM pseudo-labels that train PAP, and fixed stripes (all cells
+  foreground: the floor a learned mask must beat);
+- ``part_miou``: mean IoU of mask part k with the true body band k (k-th sixth of the
+  person's head-to-sole extent);
+- ``correspondence``: for visible/infrared images of one identity, the share of visible
+  person cells whose most similar infrared cell on Z is on the person in the same band, and
+  its chance level. This is what the dense contrastive loss optimises.
+
+CAM pseudo-labels need a class: test identities have none in the classifier, so each image
+uses the global identity classifier's top-1 class (the released code's rule). ``cam_labels_train``
+scores them on training images with their true identity instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dclnet.data.augment import test_transform
+from dclnet.data.records import INFRARED, VISIBLE
+from dclnet.evaluation.mechanisms import (
+    correspondence,
+    foreground_iou,
+    majority_downsample,
+    part_miou,
+)
+from dclnet.losses.parsing import parsing_labels, predicted_masks, stripe_masks
+from dclnet.losses.rectify import rectify_masks
+from dclnet.models.dclnet import DCLNet
+
+logger = logging.getLogger(__name__)
+
+MASKS = ("pap", "pap_srm", "cam_labels", "stripes")
+
+
+@torch.no_grad()
+def _masks_and_maps(
+    model: DCLNet,
+    images: np.ndarray,
+    modality: str,
+    classes: np.ndarray | None,
+    *,
+    device: torch.device,
+    batch_size: int,
+    fold_bnneck: bool,
+) -> dict[str, Tensor]:
+    """Z, the PAP / PAP+SRM / CAM-label masks of ``N x H x W x 3`` uint8 images (CPU tensors).
+
+    ``classes`` (``N``) picks each image's CAM class; ``None`` = global classifier top-1.
+    """
+    out: dict[str, list[Tensor]] = {"z": [], "pap": [], "pap_srm": [], "cam_labels": []}
+    weight = model.cam_weight(fold_bnneck)
+    for start in range(0, len(images), batch_size):
+        x = test_transform(torch.from_numpy(images[start : start + batch_size])).to(device)
+        res = model(x, None) if modality == VISIBLE else model(None, x)
+        grid = tuple(res.low_map.shape[-2:])
+        pap = predicted_masks(res.pixel_logits)
+        if classes is None:
+            cls = res.logits.argmax(dim=1)
+        else:
+            cls = torch.from_numpy(classes[start : start + batch_size]).to(device)
+        cams = parsing_labels(res.final_map, weight, cls, None, grid, model.num_parts)
+        out["z"].append(res.low_map.float().cpu())
+        out["pap"].append(pap.cpu())
+        out["pap_srm"].append(rectify_masks(res.low_map, pap, model.num_parts).cpu())
+        out["cam_labels"].append(cams.cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _pairs(labels: np.ndarray, rows_v: np.ndarray, rows_i: np.ndarray, per_id: int):
+    """Visible/infrared row pairs of the same identity: the j-th image of each, j < per_id."""
+    pv, pi = [], []
+    for pid in np.unique(labels[rows_v]):
+        v = rows_v[labels[rows_v] == pid]
+        i = rows_i[labels[rows_i] == pid]
+        k = min(len(v), len(i), per_id)
+        pv += list(v[:k])
+        pi += list(i[:k])
+    return np.array(pv, dtype=np.int64), np.array(pi, dtype=np.int64)
+
+
+def diagnose_model(
+    model: DCLNet,
+    *,
+    size: tuple[int, int],
+    synthetic_ids: int = 64,
+    synthetic_seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    pairs_per_id: int = 8,
+    fold_bnneck: bool = False,
+    trained_on_set: bool = False,
+) -> dict[str, Any]:
+    """Mechanism metrics of ``model`` (eval mode) on the synthetic set's test identities.
+
+    Args:
+        model: The network; put in eval mode here.
+        size: ``(H, W)`` input size (the set is rendered at this size).
+        synthetic_ids: Identities of the synthetic set (its test ids are used).
+        synthetic_seed: Seed of the synthetic set.
+        device: Where the model runs.
+        batch_size: Images per forward.
+        pairs_per_id: Most visible/infrared pairs per identity for ``correspondence``.
+        fold_bnneck: Score CAMs with the part BNNeck's per-channel scale folded into the
+            part-classifier weight (``loss.cam_fold_bn``).
+        trained_on_set: The model was trained on this very set (same ids and seed): also
+            score the CAM labels on its training images (``cam_labels_train``, else None).
+
+    Returns:
+        JSON-ready dict with ``foreground_iou``, ``part_miou``, ``correspondence``, ``grid``,
+        ``cam_labels_train`` and what was measured (``images``, ``identities``, ``seed``).
+    """
+    from dclnet.data.datasets import synthetic_set
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    syn = synthetic_set(synthetic_ids, synthetic_seed, *size)
+    labels = np.array([r.label for r in syn.records])
+    modality = np.array([r.modality for r in syn.records])
+    test = np.isin(labels, syn.test_ids)
+    rows = {m: np.flatnonzero(test & (modality == m)) for m in (VISIBLE, INFRARED)}
+    kw = dict(device=device, batch_size=batch_size, fold_bnneck=fold_bnneck)
+    res = {m: _masks_and_maps(model, syn.images[r], m, None, **kw) for m, r in rows.items()}
+    grid = tuple(res[VISIBLE]["z"].shape[-2:])
+    parts = model.num_parts
+    truth = {
+        m: majority_downsample(torch.from_numpy(syn.bands(r, parts)), grid, parts + 1)
+        for m, r in rows.items()
+    }
+    t_all = torch.cat([truth[VISIBLE], truth[INFRARED]])
+    masks = {k: torch.cat([res[VISIBLE][k], res[INFRARED][k]]) for k in MASKS[:3]}
+    masks["stripes"] = stripe_masks(len(t_all), grid, parts)
+    fg = {k: foreground_iou(v, t_all) for k, v in masks.items()}
+    miou = {k: part_miou(masks[k], t_all, parts) for k in ("pap", "pap_srm", "stripes")}
+    # correspondence on pairs of the same identity
+    pos = {m: {row: j for j, row in enumerate(r)} for m, r in rows.items()}
+    pv, pi = _pairs(labels, rows[VISIBLE], rows[INFRARED], pairs_per_id)
+    jv = torch.tensor([pos[VISIBLE][r] for r in pv], dtype=torch.int64)
+    ji = torch.tensor([pos[INFRARED][r] for r in pi], dtype=torch.int64)
+    corr = correspondence(
+        res[VISIBLE]["z"][jv], res[INFRARED]["z"][ji], truth[VISIBLE][jv], truth[INFRARED][ji]
+    )
+    return {
+        "foreground_iou": fg,
+        "part_miou": miou,
+        "correspondence": {
+            "accuracy": corr["accuracy"],
+            "chance": corr["chance"],
+            "num_pairs": len(pv),
+        },
+        "grid": list(grid),
+        "cam_labels_train": (
+            _cam_labels_train(model, syn, labels, modality, grid, kw) if trained_on_set else None
+        ),
+        "synthetic": {
+            "ids": synthetic_ids,
+            "seed": synthetic_seed,
+            "size": list(size),
+            "test_identities": len(syn.test_ids),
+            "images": int(test.sum()),
+        },
+    }
+
+
+def _cam_labels_train(model, syn, labels, modality, grid, kw) -> float | None:
+    """Foreground IoU of the CAM labels on training images with their true training class.
+
+    Training classes are the set's training ids, plus its validation ids when no validation
+    split was held out (both ascending, as the trainer labels them). Returns None when the
+    model's classifier matches neither (a model trained on another data set or seed).
+    """
+    classes = model.classifier.out_features
+    train_ids = np.array(sorted(syn.train_ids + syn.val_ids))
+    if classes != len(train_ids):
+        train_ids = np.array(syn.train_ids)
+        if classes != len(train_ids):
+            return None
+    parts = model.num_parts
+    preds, truths = [], []
+    for m in (VISIBLE, INFRARED):
+        rows = np.flatnonzero(np.isin(labels, train_ids) & (modality == m))
+        classes = np.searchsorted(train_ids, labels[rows]).astype(np.int64)
+        preds.append(_masks_and_maps(model, syn.images[rows], m, classes, **kw)["cam_labels"])
+        bands = torch.from_numpy(syn.bands(rows, parts))
+        truths.append(majority_downsample(bands, grid, parts + 1))
+    return foreground_iou(torch.cat(preds), torch.cat(truths))
+
+
+def format_diagnosis(result: dict[str, Any]) -> str:
+    """The printed table of :func:`diagnose_model`'s result."""
+    fg, miou, corr = result["foreground_iou"], result["part_miou"], result["correspondence"]
+    h, w = result["grid"]
+    syn = result["synthetic"]
+
+    def cell(v: float | None) -> str:
+        return f"{v:>11.3f}" if v is not None else f"{'-':>11s}"
+
+    lines = [
+        f"SYNTHETIC test identities ({syn['test_identities']} ids, {syn['images']} images, "
+        f"seed {syn['seed']}), on Z's {h} x {w} grid:",
+        f"{'':22s}" + "".join(f"{k:>11s}" for k in MASKS),
+        f"{'foreground IoU':22s}" + "".join(cell(fg.get(k)) for k in MASKS),
+        f"{'part mIoU (bands)':22s}" + "".join(cell(miou.get(k)) for k in MASKS),
+        f"cross-modal correspondence on Z: accuracy {corr['accuracy']:.3f} "
+        f"(chance {corr['chance']:.3f}, {corr['num_pairs']} pairs)",
+    ]
+    if result.get("cam_labels_train") is not None:
+        lines.append(
+            f"CAM labels on training images (true class): foreground IoU "
+            f"{result['cam_labels_train']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def run_diagnose(
+    checkpoint: Path,
+    *,
+    synthetic_seed: int | None = None,
+    synthetic_ids: int | None = None,
+    json_path: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """``dclnet diagnose``: load ``checkpoint``, measure, print the table, write JSON."""
+    from dclnet.engine.runs import load_model
+    from dclnet.engine.train import resolve_device
+
+    dev = resolve_device(device)
+    model, state = load_model(checkpoint, dev)
+    cfg = state.get("config", {})
+    data_cfg, loss_cfg = cfg.get("data", {}), cfg.get("loss", {})
+    pre = state.get("preprocessing", {})
+    size = (int(pre.get("height", 288)), int(pre.get("width", 144)))
+    trained = (int(data_cfg.get("synthetic_ids", 64)), int(data_cfg.get("synthetic_seed", 0)))
+    ids = trained[0] if synthetic_ids is None else synthetic_ids
+    seed = trained[1] if synthetic_seed is None else synthetic_seed
+    result = diagnose_model(
+        model,
+        size=size,
+        synthetic_ids=ids,
+        synthetic_seed=seed,
+        device=dev,
+        batch_size=batch_size,
+        fold_bnneck=bool(loss_cfg.get("cam_fold_bn", False)),
+        trained_on_set=data_cfg.get("dataset") == "synthetic" and (ids, seed) == trained,
+    )
+    result["checkpoint"] = str(checkpoint)
+    print(format_diagnosis(result))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(json_path)
+    return result
