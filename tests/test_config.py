@@ -73,7 +73,7 @@ def test_parse_override_yaml_values():
     assert parse_override("model.pretrained=null") == {"model": {"pretrained": None}}
 
 
-@pytest.mark.parametrize("name", ["demo", "tiny", "sysu", "regdb", "llcm"])
+@pytest.mark.parametrize("name", ["demo", "study", "tiny", "sysu", "regdb", "llcm"])
 def test_bundled_recipes_load(name):
     cfg = load_config(CONFIG_DIR / f"{name}.yaml")
     assert isinstance(cfg, Config)

@@ -65,9 +65,11 @@ def test_resnet50_stride_on_3x3_conv():
     assert block.downsample[0].stride == (2, 2)
 
 
-@pytest.mark.parametrize(("last_stride", "size"), [(1, (4, 2)), (2, (2, 1))])
-def test_last_stride_sets_final_map(last_stride, size):
-    model = build_resnet("resnet18", last_stride=last_stride).eval()
+@pytest.mark.parametrize(
+    ("last_stride", "layer3_stride", "size"), [(1, 2, (4, 2)), (2, 2, (2, 1)), (1, 1, (8, 4))]
+)
+def test_last_stride_sets_final_map(last_stride, layer3_stride, size):
+    model = build_resnet("resnet18", last_stride=last_stride, layer3_stride=layer3_stride).eval()
     with torch.no_grad():
         fmap = model.forward_features(torch.randn(2, 3, 64, 32))
         logits = model(torch.randn(2, 3, 64, 32))

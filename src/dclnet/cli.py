@@ -156,7 +156,13 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from dclnet.engine.runs import run_demo
 
-    run_demo(args.output, config=resolve_config_path(args.config), overrides=args.overrides)
+    config = resolve_config_path(args.config)
+    result = run_demo(args.output, config=config, overrides=args.overrides)
+    if args.json is not None:
+        from dclnet.evaluation.protocols import write_json
+
+        command = ["dclnet demo"] + (["--config", args.config] if args.config != "demo" else [])
+        write_json({"command": " ".join(command + args.overrides), **result}, args.json)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
@@ -183,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train and test DCLNet on the built-in synthetic set (CPU)")
     p.add_argument("--output", type=Path, default=Path("runs/demo"), help="run folder")
     p.add_argument("--config", default="demo", help="recipe (default: demo)")
+    p.add_argument(
+        "--json", type=Path, default=None, help="also write the results, timing and machine here"
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.set_defaults(func=cmd_demo)
 

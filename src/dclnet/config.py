@@ -69,11 +69,12 @@ class ModelConfig:
     """Network arguments (docs/method.md §3)."""
 
     arch: str = "resnet50"  # one of ARCHS
-    pretrained: str | None = "imagenet"  # "imagenet", a local weights file, or null
+    pretrained: str | None = "imagenet"  # "imagenet", "synthetic", a weights file, or null
     split: int = 2  # modality-specific stages: 1..4 (2 = stem + layer1)
     num_parts: int = 6
     gem_p: float = 3.0
     pixel_init: str = "default"  # one of PIXEL_INITS; "normal" = N(0, 0.001), released code
+    layer3_stride: int = 2  # 1 = final map at 1/8 of the input (small CPU inputs); paper: 2
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ _CHOICES = {
 }
 _RANGES = {
     "model.split": (1, 4),
+    "model.layer3_stride": (1, 2),
     "data.trial": (1, 10),
     "data.num_ids": (2, None),
     "data.num_instances": (1, None),

@@ -196,11 +196,31 @@ def test_checkpoint(
     )
 
 
+def machine_info() -> dict[str, Any]:
+    """Where a result was measured: machine, cores, torch version and thread count."""
+    import os
+    import platform
+
+    return {
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run_demo(output: Path, *, config: Path | None, overrides: list[str] | None) -> dict:
-    """``dclnet demo``: raw-pixel baseline, then DCLNet trained and tested, on synthetic data."""
+    """``dclnet demo``: raw-pixel baseline, then DCLNet trained and tested, on synthetic data.
+
+    Returns:
+        ``baseline`` and ``dclnet`` protocol results, the resolved ``config``, ``seconds``
+        (wall time of the whole command) and :func:`machine_info`.
+    """
+    import time
+
     from dclnet.evaluation.baselines import pixel_features
     from dclnet.evaluation.protocols import evaluate_splits
 
+    start = time.perf_counter()
     cfg = resolve_run_config(config, overrides, dataset="synthetic")
     d, e = cfg.data, cfg.eval
     data = load_eval_data(
@@ -225,4 +245,12 @@ def run_demo(output: Path, *, config: Path | None, overrides: list[str] | None) 
             f"  {name:<11} rank-1 {summary['rank1']:6.2f}   mAP {summary['mAP']:6.2f}   "
             f"mINP {summary['mINP']:6.2f}"
         )
-    return {"baseline": base.to_json(), "dclnet": result["test"], "config": to_dict(cfg)}
+    seconds = time.perf_counter() - start
+    print(f"  (wall time {seconds / 60:.1f} min)")
+    return {
+        "baseline": base.to_json(),
+        "dclnet": result["test"],
+        "config": to_dict(cfg),
+        "seconds": seconds,
+        **machine_info(),
+    }

@@ -69,16 +69,30 @@ def loss_kwargs(cfg: Config) -> dict[str, Any]:
     return kwargs
 
 
+def _pretrained(cfg: Config) -> str | Path | None:
+    """``model.pretrained``, with ``synthetic`` resolved to its cached weights file."""
+    m = cfg.model
+    if m.pretrained != "synthetic":
+        return m.pretrained
+    from dclnet.data.cache import default_cache_dir
+    from dclnet.models.synthetic_pretrain import synthetic_backbone
+
+    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+    size = (cfg.data.height, cfg.data.width)
+    return synthetic_backbone(m.arch, size, cache, layer3_stride=m.layer3_stride)
+
+
 def _build_model(cfg: Config, num_classes: int) -> DCLNet:
     m = cfg.model
     return DCLNet(
         num_classes,
         arch=m.arch,
-        pretrained=m.pretrained,
+        pretrained=_pretrained(cfg),
         split=m.split,
         num_parts=m.num_parts,
         gem_p=m.gem_p,
         pixel_init=m.pixel_init,
+        layer3_stride=m.layer3_stride,
     )
 
 

@@ -123,6 +123,8 @@ class DCLNet(nn.Module):
         num_parts: Horizontal stripes of the part branch and body parts of the PAP head.
         gem_p: GeM exponent.
         last_stride: Stride of layer4 (1 keeps X at 1/16 of the input: 18 x 9 for 288 x 144).
+        layer3_stride: Stride of layer3 (1, with ``last_stride=1``, keeps X at 1/8 of the
+            input: enough rows for the part stripes of a small CPU-sized input).
         pixel_init: Initial weights of the PAP pixel classifiers: ``"default"`` (PyTorch's
             ``nn.Linear`` init) or ``"normal"`` (N(0, 0.001) like the other classifiers, as
             in the released code).
@@ -142,6 +144,7 @@ class DCLNet(nn.Module):
         num_parts: int = 6,
         gem_p: float = 3.0,
         last_stride: int = 1,
+        layer3_stride: int = 2,
         pixel_init: str = "default",
     ) -> None:
         super().__init__()
@@ -163,9 +166,10 @@ class DCLNet(nn.Module):
             num_parts=num_parts,
             gem_p=gem_p,
             last_stride=last_stride,
+            layer3_stride=layer3_stride,
             pixel_init=pixel_init,
         )
-        resnet = build_resnet(arch, last_stride=last_stride)
+        resnet = build_resnet(arch, last_stride=last_stride, layer3_stride=layer3_stride)
         self.visible = ResNetStages(resnet, 0, split)
         self.infrared = copy.deepcopy(self.visible)
         self.shared = ResNetStages(resnet, split, len(STAGES))

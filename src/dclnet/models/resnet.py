@@ -122,6 +122,8 @@ class ResNet(nn.Module):
         layers: Number of blocks in ``layer1`` ... ``layer4``.
         last_stride: Stride of ``layer4`` (2 as in torchvision; 1 for re-identification,
             which keeps the final map at 1/16 of the input, e.g. 18 x 9 for 288 x 144).
+        layer3_stride: Stride of ``layer3`` (2 as in torchvision; 1 with ``last_stride=1``
+            keeps the final map at 1/8 of the input, e.g. 12 x 6 for a small 96 x 48 input).
         num_classes: Outputs of ``fc`` (kept so that state-dict keys match torchvision's).
 
     Attributes:
@@ -134,16 +136,19 @@ class ResNet(nn.Module):
         layers: tuple[int, int, int, int],
         *,
         last_stride: int = 2,
+        layer3_stride: int = 2,
         num_classes: int = 1000,
     ) -> None:
         super().__init__()
-        if last_stride not in (1, 2):
-            raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
+        if last_stride not in (1, 2) or layer3_stride not in (1, 2):
+            raise ConfigError(
+                f"last_stride and layer3_stride must be 1 or 2, got {last_stride}, {layer3_stride}"
+            )
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        strides = (1, 2, 2, last_stride)
+        strides = (1, 2, layer3_stride, last_stride)
         inplanes = 64
         for i, (planes, n_blocks, stride) in enumerate(zip((64, 128, 256, 512), layers, strides)):
             blocks = [block(inplanes, planes, stride)]
@@ -228,12 +233,16 @@ def stage_of_key(key: str) -> int:
     raise KeyError(key)
 
 
-def build_resnet(arch: str, *, last_stride: int = 2, num_classes: int = 1000) -> ResNet:
+def build_resnet(
+    arch: str, *, last_stride: int = 2, layer3_stride: int = 2, num_classes: int = 1000
+) -> ResNet:
     """A randomly initialised ResNet by name (a key of :data:`ARCHS`)."""
     if arch not in ARCHS:
         raise ConfigError(f"unknown backbone arch {arch!r}; valid names: {', '.join(ARCHS)}")
     block, layers = ARCHS[arch]
-    return ResNet(block, layers, last_stride=last_stride, num_classes=num_classes)
+    return ResNet(
+        block, layers, last_stride=last_stride, layer3_stride=layer3_stride, num_classes=num_classes
+    )
 
 
 def pretrained_state_dict(weights: str | Path | None, arch: str) -> dict[str, Tensor] | None:

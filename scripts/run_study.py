@@ -1,0 +1,157 @@
+"""The DCLNet study on the synthetic set: four presets x seeds, identity and mechanism metrics.
+
+    python scripts/run_study.py --output runs/study --seeds 0 1 2 --readme README.md
+
+Presets (docs/method.md §7): ``baseline`` (identity + metric loss), ``dcl_stripes`` (+ dense
+loss with fixed stripes as masks), ``dcl_pap`` (+ part branch, PAP, dense loss with PAP
+masks), ``full`` (+ SRM). Every run uses one recipe (``--config``, default ``study``) and the
+same synthetic data; only ``loss.preset`` and ``train.seed`` change. Each run writes
+``OUTPUT/<preset>-seed<k>/study.json`` (test metrics, ``dclnet diagnose`` metrics, wall
+time) as soon as it finishes; a re-run reads finished runs back and resumes a killed one
+from its ``last.pt``, so an interrupted study loses at most one epoch.
+
+The table (mean ± population std over seeds) is printed, written with the command, machine,
+torch version, thread count and wall times to ``--results`` (default ``OUTPUT/study.json``;
+the README's table comes from ``docs/results/study.json``) and, with ``--readme``, put in
+that file's ``<!-- results:study -->`` section (:mod:`dclnet.reporting`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dclnet.cli import resolve_config_path
+from dclnet.engine.runs import load_model, machine_info, resolve_run_config
+from dclnet.engine.train import fit
+from dclnet.evaluation.diagnose import diagnose_model
+from dclnet.reporting import render_study, replace_section
+
+PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
+# (column title, path into a run's study.json); mechanism cells are fractions 0..1
+COLUMNS = (
+    ("rank-1 (%)", ("test", "rank1")),
+    ("mAP (%)", ("test", "mAP")),
+    ("mINP (%)", ("test", "mINP")),
+    ("fg IoU PAP+SRM", ("diagnose", "foreground_iou", "pap_srm")),
+    ("part mIoU PAP+SRM", ("diagnose", "part_miou", "pap_srm")),
+    ("fg IoU CAM labels", ("diagnose", "foreground_iou", "cam_labels")),
+    ("correspondence", ("diagnose", "correspondence", "accuracy")),
+)
+
+
+def run_one(config: Path, overrides: list[str], preset: str, seed: int, out: Path) -> dict:
+    """Train, test and diagnose one run, or read back its ``study.json``."""
+    done = out / "study.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = resolve_run_config(
+        config, [*overrides, f"loss.preset={preset}", f"train.seed={seed}"], dataset="synthetic"
+    )
+    start = time.perf_counter()
+    test = fit(cfg, out, resume=(out / "last.pt").is_file(), progress=False)["test"]
+    seconds = time.perf_counter() - start
+    model, _ = load_model(out / "last.pt")
+    diag = diagnose_model(
+        model,
+        size=(cfg.data.height, cfg.data.width),
+        synthetic_ids=cfg.data.synthetic_ids,
+        synthetic_seed=cfg.data.synthetic_seed,
+        fold_bnneck=cfg.loss.cam_fold_bn,
+    )
+    result = {
+        "preset": preset,
+        "seed": seed,
+        "test": test["mean"],
+        "diagnose": diag,
+        "train_and_test_seconds": seconds,
+    }
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(done)
+    return result
+
+
+def _get(run: dict, path: tuple[str, ...]) -> float:
+    value = run
+    for key in path:
+        value = value[key]
+    return float(value)
+
+
+def summarise(results: dict[str, list[dict]]) -> dict[str, dict[str, list[float]]]:
+    """preset -> column title -> [mean, std] over seeds."""
+    out = {}
+    for preset, runs in results.items():
+        out[preset] = {}
+        for title, path in COLUMNS:
+            values = np.array([_get(r, path) for r in runs])
+            out[preset][title] = [float(values.mean()), float(values.std())]
+    return out
+
+
+def floors(results: dict[str, list[dict]]) -> dict[str, float]:
+    """Reference levels every run shares (same test images): stripes and chance."""
+    diag = [r["diagnose"] for runs in results.values() for r in runs]
+    return {
+        "stripes fg IoU": float(np.mean([d["foreground_iou"]["stripes"] for d in diag])),
+        "stripes part mIoU": float(np.mean([d["part_miou"]["stripes"] for d in diag])),
+        "correspondence chance": float(np.mean([d["correspondence"]["chance"] for d in diag])),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("runs/study"), help="run folders")
+    parser.add_argument("--config", default="study", help="recipe (file or bundled name)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--results", type=Path, help="results JSON (default OUTPUT/...)")
+    parser.add_argument("--readme", type=Path, help="README to update between the markers")
+    parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
+    args = parser.parse_args()
+    if len(args.seeds) < 3:
+        print("note: fewer than 3 seeds; the std is not meaningful", file=sys.stderr)
+    config = resolve_config_path(args.config)
+    results: dict[str, list[dict]] = {p: [] for p in args.presets}
+    for seed in args.seeds:
+        for preset in args.presets:
+            res = run_one(
+                config, args.overrides, preset, seed, args.output / f"{preset}-seed{seed}"
+            )
+            results[preset].append(res)
+            d = res["diagnose"]
+            print(
+                f"{preset:<12} seed {seed}: rank-1 {res['test']['rank1']:.2f} "
+                f"mAP {res['test']['mAP']:.2f}  fg IoU PAP+SRM "
+                f"{d['foreground_iou']['pap_srm']:.3f}  corr "
+                f"{d['correspondence']['accuracy']:.3f}  "
+                f"({res['train_and_test_seconds'] / 60:.1f} min)",
+                flush=True,
+            )
+    record = {
+        "command": "python scripts/run_study.py " + " ".join(sys.argv[1:]),
+        **machine_info(),
+        "seeds": {p: len(r) for p, r in results.items()},
+        "run_seconds": [r["train_and_test_seconds"] for runs in results.values() for r in runs],
+        "summary": summarise(results),
+        "floors": floors(results),
+        "runs": results,
+    }
+    text = render_study(record)
+    print(text)
+    path = args.results or args.output / "study.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    if args.readme:
+        args.readme.write_text(replace_section(args.readme.read_text(), "study", text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
