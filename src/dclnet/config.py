@@ -9,6 +9,10 @@ components never see a :class:`Config`; the engine unpacks it into plain keyword
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -175,13 +179,57 @@ _CHOICES = {
     "eval.sampler": ("seeded", "official"),
     "eval.direction": (None, "i2v", "v2i", "v2t", "t2v"),
 }
-_RANGES = {
-    "model.split": (1, 4),
-    "model.layer3_stride": (1, 2),
+# Inclusive (low, high) bounds; None = unbounded. A third element "open-low", "open-high" or
+# "open" makes that bound strict. Tuple-valued keys are checked item by item.
+_RANGES: dict[str, tuple] = {
     "data.trial": (1, 10),
+    "data.height": (1, None),
+    "data.width": (1, None),
     "data.num_ids": (2, None),
     "data.num_instances": (1, None),
+    "data.synthetic_ids": (3, None),
+    "data.synthetic_seed": (0, None),
+    "data.synthetic_height": (1, None),
+    "data.synthetic_width": (1, None),
+    "augment.grayscale_p": (0, 1),
+    "augment.flip_p": (0, 1),
+    "augment.erase_p": (0, 1),
+    "augment.erase_area": (0, 1, "open-low"),
+    "augment.erase_aspect": (0, None, "open-low"),
+    "augment.pad_crop": (0, None),
+    "model.split": (1, 4),
+    "model.num_parts": (1, None),
+    "model.gem_p": (0, None, "open-low"),
+    "model.layer3_stride": (1, 2),
+    "loss.id": (0, None),
+    "loss.metric": (0, None),
+    "loss.part_id": (0, None),
+    "loss.pap": (0, None),
+    "loss.dcl": (0, None),
+    "loss.label_smoothing": (0, 1, "open-high"),
+    "loss.tau": (0, None, "open-low"),
+    "loss.continuity_weight": (0, None),
+    "optim.lr": (0, None, "open-low"),
+    "optim.backbone_lr_mult": (0, None),
+    "optim.weight_decay": (0, None),
+    "optim.momentum": (0, 1, "open-high"),
     "optim.epochs": (1, None),
+    "optim.warmup_epochs": (0, None),
+    "optim.milestones": (1, None),
+    "optim.gamma": (0, None, "open-low"),
+    "train.seed": (0, None),
+    "train.eval_every": (0, None),
+    "train.val_fraction": (0, 1, "open"),
+    "train.log_every": (1, None),
+    "train.workers": (0, None),
+    "eval.trials": (1, None),
+    "eval.batch_size": (1, None),
+}
+# Tuple-valued keys whose items must not decrease: (min, max) pairs and milestone lists.
+_ASCENDING = ("augment.erase_area", "augment.erase_aspect", "optim.milestones")
+# Free-form strings that must match a pattern: key -> (regex, what the valid values are).
+_PATTERNS = {
+    "train.device": (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
 }
 
 
@@ -210,6 +258,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -220,15 +273,46 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     )
 
 
+def _bound_text(low: Any, high: Any, kind: str) -> str:
+    lo_op = "<" if kind in ("open-low", "open") else "<="
+    hi_op = "<" if kind in ("open-high", "open") else "<="
+    if high is None:
+        return f"{'>' if lo_op == '<' else '>='} {low}"
+    if lo_op == hi_op == "<=":
+        return f"{low}..{high}"
+    return f"{low} {lo_op} value {hi_op} {high}"
+
+
+def _check_range(key: str, value: Any) -> None:
+    low, high, *rest = _RANGES[key]
+    kind = rest[0] if rest else ""
+    too_low = value <= low if kind in ("open-low", "open") else value < low
+    too_high = high is not None and (
+        value >= high if kind in ("open-high", "open") else value > high
+    )
+    if too_low or too_high:
+        raise ConfigError(
+            f"config key {key!r} = {value!r} is out of range ({_bound_text(low, high, kind)})"
+        )
+
+
 def _check_value(key: str, value: Any) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"config key {key!r} = {item!r} must be a finite number")
     if key in _CHOICES and value not in _CHOICES[key]:
         valid = ", ".join(str(c) if c is not None else "null" for c in _CHOICES[key])
         raise ConfigError(f"config key {key!r} has invalid value {value!r}; valid: {valid}")
-    if key in _RANGES:
-        low, high = _RANGES[key]
-        if value < low or (high is not None and value > high):
-            bound = f"{low}..{high}" if high is not None else f">= {low}"
-            raise ConfigError(f"config key {key!r} = {value!r} is out of range ({bound})")
+    if key in _RANGES and value is not None:
+        for item in items:
+            _check_range(key, item)
+    if key in _ASCENDING and list(value) != sorted(value):
+        raise ConfigError(f"config key {key!r} = {list(value)!r} must be in ascending order")
+    if key in _PATTERNS and value is not None:
+        pattern, valid = _PATTERNS[key]
+        if not re.fullmatch(pattern, value):
+            raise ConfigError(f"config key {key!r} has invalid value {value!r}; valid: {valid}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -316,5 +400,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write the resolved config as YAML, atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(yaml.safe_dump(to_dict(config), sort_keys=False))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
