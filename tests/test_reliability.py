@@ -91,3 +91,30 @@ def test_float_given_as_exponent_string_is_accepted(tmp_path):
 @pytest.mark.parametrize("recipe", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_bundled_recipes_load(recipe):
     load_config(recipe)
+
+
+# 2. A non-finite loss is a one-line user error ----------------------------------------------
+
+
+def test_non_finite_loss_is_one_error_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from dclnet.cli import main
+    from dclnet.engine import train
+    from dclnet.errors import DclnetError, NonFiniteLossError
+
+    assert issubclass(NonFiniteLossError, DclnetError)
+    assert issubclass(NonFiniteLossError, FloatingPointError)  # old handlers still work
+
+    def diverged(ctx, vis, ir, labels, gen):
+        return {"total": torch.tensor(float("nan")), "id": torch.tensor(1.0)}
+
+    monkeypatch.setattr(train, "train_step", diverged)
+    argv = ["train", "--config", str(TINY), "--output", str(tmp_path / "run")]
+    assert main([*argv, "optim.epochs=1", "train.log_every=1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1
+    assert err[0].startswith("error: non-finite loss at epoch 1 step 0")
+    assert "lower optim.lr" in err[0]

@@ -22,3 +22,11 @@ class ConfigError(DclnetError):
 
 class CheckpointError(DclnetError):
     """A checkpoint is missing, corrupt or does not match the model."""
+
+
+class TrainingError(DclnetError):
+    """Training cannot go on as configured (a run folder in use, a diverged loss)."""
+
+
+class NonFiniteLossError(TrainingError, FloatingPointError):
+    """The training loss became NaN or infinite (still a :class:`FloatingPointError`)."""

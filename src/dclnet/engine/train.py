@@ -31,7 +31,7 @@ from dclnet.engine.step import (
     step_generator,
     train_step,
 )
-from dclnet.errors import CheckpointError, ConfigError
+from dclnet.errors import CheckpointError, ConfigError, NonFiniteLossError
 from dclnet.evaluation.protocols import ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
 from dclnet.losses.objective import ABLATIONS, LossWeights
@@ -409,7 +409,7 @@ def _train_epoch(
             values = dist_utils.all_reduce_mean(torch.stack(list(sums.values())))
             means = {k: v / window for k, v in zip(sums, values.tolist())}
             if not all(math.isfinite(v) for v in means.values()):
-                raise FloatingPointError(
+                raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch + 1} step {step}: "
                     f"{means}; lower optim.lr or disable train.amp"
                 )
