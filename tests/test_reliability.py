@@ -118,3 +118,86 @@ def test_non_finite_loss_is_one_error_line(tmp_path, monkeypatch, capsys):
     assert len(err) == 1
     assert err[0].startswith("error: non-finite loss at epoch 1 step 0")
     assert "lower optim.lr" in err[0]
+
+
+# 3. The CLI's last line of defence -----------------------------------------------------------
+
+
+def _raising(monkeypatch, exc: BaseException) -> None:
+    from dclnet import cli
+
+    def command(args):
+        raise exc
+
+    monkeypatch.setattr(cli, "cmd_synth", command)
+
+
+def _error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "exc, line",
+    [
+        (
+            FileNotFoundError(2, "No such file or directory", "runs/x/last.pt"),
+            "error: runs/x/last.pt: No such file or directory",
+        ),
+        (
+            OSError(28, "No space left on device", "/tmp/out"),
+            "error: /tmp/out: No space left on device",
+        ),
+        (PermissionError("plain message"), "error: plain message"),
+    ],
+)
+def test_os_error_is_one_line(tmp_path, monkeypatch, capsys, exc, line):
+    from dclnet.cli import main
+
+    _raising(monkeypatch, exc)
+    assert main(["synth", "sysu", str(tmp_path)]) == 2
+    assert _error_lines(capsys) == [line]
+
+
+def test_unexpected_error_is_one_line_with_saved_traceback(tmp_path, monkeypatch, capsys):
+    from dclnet.cli import main
+
+    _raising(monkeypatch, RuntimeError("shapes do not match\nsecond line"))
+    assert main(["synth", "sysu", str(tmp_path)]) == 1
+    (line,) = _error_lines(capsys)
+    assert line.startswith("error: unexpected RuntimeError: shapes do not match second line (")
+    assert line.endswith("rerun with --debug to show it)")
+    saved = Path(line.split("full traceback in ")[1].split(";")[0])
+    try:
+        text = saved.read_text()
+        assert "Traceback" in text and "RuntimeError: shapes do not match" in text
+    finally:
+        saved.unlink()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_reraises(tmp_path, monkeypatch, where):
+    from dclnet.cli import main
+    from dclnet.errors import DclnetError
+
+    args = ["synth", "sysu", str(tmp_path)]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    _raising(monkeypatch, RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        main(args)
+    _raising(monkeypatch, DclnetError("bad input"))
+    with pytest.raises(DclnetError):
+        main(args)
+
+
+def test_dclnet_error_and_interrupt(tmp_path, monkeypatch, capsys):
+    from dclnet.cli import main
+    from dclnet.errors import DclnetError
+
+    _raising(monkeypatch, DclnetError("bad input"))
+    assert main(["synth", "sysu", str(tmp_path)]) == 2
+    assert _error_lines(capsys) == ["error: bad input"]
+    _raising(monkeypatch, KeyboardInterrupt())
+    assert main(["synth", "sysu", str(tmp_path)]) == 130
+    assert _error_lines(capsys) == ["interrupted; continue a training run with --resume"]

@@ -1,7 +1,10 @@
 """``dclnet <command>`` — also runnable as ``python -m dclnet`` (the torchrun launch form).
 
 Each sub-command is a small function; the work happens in the library. Input problems are
-:class:`~dclnet.errors.DclnetError` and are printed as one ``error:`` line (exit status 2).
+:class:`~dclnet.errors.DclnetError` and are printed as one ``error:`` line (exit status 2);
+:func:`main` is the last line of defence: an ``OSError`` is one ``error: <path>: <reason>``
+line (exit 2), anything else one line pointing at a saved traceback (exit 1, ``--debug``
+re-raises it).
 """
 
 from __future__ import annotations
@@ -184,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dclnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of any error (re-raise it)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="train and test DCLNet on the built-in synthetic set (CPU)")
@@ -266,10 +272,50 @@ def build_parser() -> argparse.ArgumentParser:
     from dclnet.benchmark import register as register_benchmark
 
     register_benchmark(sub)
+    for command in sub.choices.values():  # --debug also after the command name
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _save_traceback() -> str | None:
+    """Write the current exception's traceback to a temp file; its path, or None."""
+    import tempfile
+    import traceback
+
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="dclnet-traceback-", suffix=".txt", delete=False
+        ) as fh:
+            fh.write(traceback.format_exc())
+            return fh.name
+    except OSError:
+        return None
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` from an OSError (e.g. ``runs/x/last.pt: No space left on device``)."""
+    reason = exc.strerror or _one_line(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename)
+    if getattr(exc, "filename2", None) is not None:
+        where += f" -> {exc.filename2}"
+    return f"{where}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure reaches the user as one ``error:`` line.
+
+    Exit status: 0 success, 2 a problem with the input or the file system, 1 an unexpected
+    error (its traceback goes to a temp file; ``--debug`` raises it instead), 130 interrupted.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -277,12 +323,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except DclnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; continue a training run with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, DclnetError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):
+            print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+            return 2
+        saved = _save_traceback()
+        where = f"full traceback in {saved}; " if saved else ""
+        print(
+            f"error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+            f"({where}rerun with --debug to show it)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
