@@ -54,7 +54,9 @@ def run_one(config: Path, overrides: list[str], preset: str, seed: int, out: Pat
         config, [*overrides, f"loss.preset={preset}", f"train.seed={seed}"], dataset="synthetic"
     )
     start = time.perf_counter()
-    test = fit(cfg, out, resume=(out / "last.pt").is_file(), progress=False)["test"]
+    # A killed run resumes from last.pt; one killed before its first checkpoint starts over.
+    resume = (out / "last.pt").is_file()
+    test = fit(cfg, out, resume=resume, overwrite=not resume, progress=False)["test"]
     seconds = time.perf_counter() - start
     model, _ = load_model(out / "last.pt")
     diag = diagnose_model(

@@ -4,6 +4,7 @@ line of defence, and run folders (never mixed up)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from pathlib import Path
 
@@ -201,3 +202,166 @@ def test_dclnet_error_and_interrupt(tmp_path, monkeypatch, capsys):
     _raising(monkeypatch, KeyboardInterrupt())
     assert main(["synth", "sysu", str(tmp_path)]) == 130
     assert _error_lines(capsys) == ["interrupted; continue a training run with --resume"]
+
+
+# 4. Run folders are never mixed up ---------------------------------------------------------
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def _claim(output: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check and clear ``output`` as a training would, then give its lock back."""
+    from dclnet.engine.train import claim_run_folder, release_run_folder
+
+    release_run_folder(claim_run_folder(output, resume=resume, overwrite=overwrite))
+
+
+def test_training_into_a_used_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from dclnet.cli import main
+    from dclnet.engine import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
+    monkeypatch.setattr(train, "_load_train", None)  # any work would fail loudly
+    assert main(["train", "--config", str(TINY), "--output", str(run)]) == 2
+    (line,) = _error_lines(capsys)
+    assert line.startswith(f"error: run folder {run} is not empty (metrics.jsonl)")
+    assert "--resume" in line and "--overwrite" in line
+    assert (run / "metrics.jsonl").read_text() == '{"event": "train", "step": 1}\n'
+    argv = ["train", "--config", str(TINY), "--output", str(run), "--resume", "--overwrite"]
+    assert main(argv) == 2
+    assert "pass one" in _error_lines(capsys)[0]
+
+
+def test_overwrite_deletes_only_the_runs_own_files(tmp_path):
+    from dclnet.errors import TrainingError
+
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    owned = ["last.pt", "best.pt", "metrics.jsonl", "config.yaml", "test_results.json", "x.log"]
+    for name in owned:
+        (run / name).write_text("old")
+    (run / ".last.pt.abc.tmp").write_text("stale")
+    _claim(run, resume=False, overwrite=True)
+    assert _files(run) == set()
+    # a file the run does not own blocks --overwrite, and nothing is deleted
+    (run / "last.pt").write_text("old")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match=r"not empty \(notes\.txt\).*only a run's own"):
+        _claim(run, resume=False, overwrite=True)
+    assert _files(run) == {"last.pt", "notes.txt"}
+
+
+def test_new_or_empty_folder_needs_no_flag_and_stale_temp_files_go(tmp_path):
+    from dclnet.errors import CheckpointError
+
+    _claim(tmp_path / "a" / "b", resume=False, overwrite=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".config.yaml.x1.tmp").write_text("half")
+    _claim(empty, resume=False, overwrite=False)
+    assert _files(empty) == set()
+    with pytest.raises(CheckpointError, match="cannot resume: .*last.pt does not exist"):
+        _claim(tmp_path / "c", resume=True, overwrite=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_one_training_per_folder(tmp_path):
+    from dclnet.engine.train import claim_run_folder, release_run_folder
+    from dclnet.errors import TrainingError
+
+    held = claim_run_folder(tmp_path, resume=False, overwrite=False)
+    try:
+        assert _files(tmp_path) == {".lock"}
+        with pytest.raises(TrainingError, match=f"run folder {tmp_path} is in use"):
+            claim_run_folder(tmp_path, resume=False, overwrite=False)
+    finally:
+        release_run_folder(held)
+    assert _files(tmp_path) == set()  # no lock file is left behind
+    _claim(tmp_path, resume=False, overwrite=False)
+
+
+def test_config_yaml_is_written_atomically(tmp_path, monkeypatch):
+    from dclnet import config as cfg_mod
+
+    path = tmp_path / "config.yaml"
+    cfg_mod.save_config(load_config(TINY), path)
+    before = path.read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cfg_mod.yaml, "safe_dump", broken)
+    with pytest.raises(OSError):
+        cfg_mod.save_config(load_config(None), path)
+    assert path.read_text() == before and {p.name for p in tmp_path.iterdir()} == {path.name}
+
+
+def test_resume_cuts_the_metrics_log_back_to_the_checkpoint(tmp_path):
+    from dclnet.engine.checkpoint import load_checkpoint
+    from dclnet.engine.train import fit
+    from dclnet.errors import TrainingError
+
+    run = tmp_path / "run"
+    cfg = load_config(TINY, ["optim.epochs=1", "train.log_every=1"])
+    fit(cfg, run, progress=False)
+    log = run / "metrics.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    last_step = max(e["step"] for e in events)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    # a killed continuation logged steps past the checkpoint, the last line half-written
+    with log.open("a") as fh:
+        fh.write(json.dumps({"event": "train", "step": last_step + 1, "epoch": 2}) + "\n")
+        fh.write('{"event": "train", "st')
+    with pytest.raises(TrainingError, match="not empty"):
+        fit(cfg, run, progress=False)
+    fit(cfg, run, resume=True, progress=False)
+    again = [json.loads(line) for line in log.read_text().splitlines()]
+    assert max(e["step"] for e in again) == last_step
+    assert [e for e in again if e["event"] != "test"] == [e for e in events if e["event"] != "test"]
+    assert sum(e["event"] == "test" for e in again) == 1  # the final test, logged once
+
+
+def test_trial_all_resume_restarts_a_trial_without_checkpoint(tmp_path, monkeypatch):
+    from dclnet.engine import runs
+
+    calls = []
+
+    def fake_fit(cfg, output, *, resume=False, overwrite=False, progress=True):
+        calls.append((cfg.data.trial, resume, overwrite))
+        result = {
+            "protocol": {"dataset": "regdb", "trial": cfg.data.trial, "direction": "v2t"},
+            "trials": [],
+            "mean": {k: 1.0 for k in ("rank1", "rank10", "rank20", "mAP", "mINP")},
+            "std": {},
+        }
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "test_results.json").write_text(json.dumps(result))
+        return {"test": result, "validation": None}
+
+    monkeypatch.setattr(runs, "fit", fake_fit)
+    monkeypatch.setattr(runs, "METRIC_KEYS", ("rank1",))
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "run"
+    kwargs = dict(
+        config=None,
+        overrides=["model.pretrained=null"],
+        dataset="regdb",
+        root=tmp_path / "data",
+        output=out,
+    )
+    runs.run_training(trial="all", resume=False, **kwargs)
+    (out / "trial2" / "test_results.json").unlink()
+    (out / "trial2" / "config.yaml").write_text("{}")  # stopped before its first epoch
+    (out / "trial3" / "test_results.json").unlink()
+    (out / "trial3" / "last.pt").write_text("")
+    (out / "trial1" / "config.yaml").write_text("{}")  # --resume reads the saved recipe
+    calls.clear()
+    runs.run_training(trial="all", resume=True, **kwargs)
+    assert calls == [(2, False, True), (3, True, False)]
+    calls.clear()
+    runs.run_training(trial="all", resume=False, overwrite=True, **kwargs)
+    assert [c[2] for c in calls] == [True] * 10  # --overwrite redoes finished trials too

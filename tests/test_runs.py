@@ -10,7 +10,7 @@ from dclnet.evaluation.protocols import METRIC_KEYS
 
 
 def _fake_fit(calls):
-    def fit(cfg, output, *, resume=False, progress=True):
+    def fit(cfg, output, *, resume=False, overwrite=False, progress=True):
         trial = cfg.data.trial
         calls.append((trial, resume))
         value = float(trial)

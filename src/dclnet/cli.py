@@ -137,6 +137,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         trial=args.trial,
         output=args.output,
         resume=args.resume,
+        overwrite=args.overwrite,
     )
 
 
@@ -160,7 +161,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from dclnet.engine.runs import run_demo
 
     config = resolve_config_path(args.config)
-    result = run_demo(args.output, config=config, overrides=args.overrides)
+    result = run_demo(
+        args.output, config=config, overrides=args.overrides, overwrite=args.overwrite
+    )
     if args.json is not None:
         from dclnet.evaluation.protocols import write_json
 
@@ -195,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train and test DCLNet on the built-in synthetic set (CPU)")
     p.add_argument("--output", type=Path, default=Path("runs/demo"), help="run folder")
     p.add_argument("--config", default="demo", help="recipe (default: demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in OUTPUT")
     p.add_argument(
         "--json", type=Path, default=None, help="also write the results, timing and machine here"
     )
@@ -208,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML recipe, or a bundled name: demo, tiny, sysu, regdb, llcm")
     p.add_argument("--output", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an OUTPUT that holds a previous run (deletes its run files)",
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.epochs=10")
     p.set_defaults(func=cmd_train)
 

@@ -52,21 +52,29 @@ def run_training(
     trial: str | None,
     output: Path,
     resume: bool,
+    overwrite: bool = False,
 ) -> dict:
     """``dclnet train``: one run, or RegDB ``--trial all`` (10 runs, then mean ± std).
+
+    A run folder that already holds a run is refused unless ``resume`` (continue it) or
+    ``overwrite`` (start over; with ``--trial all`` finished trials are redone too).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) this process joins the process group first
     (NCCL with CUDA, else Gloo) and leaves it at the end.
     """
     created = dist_utils.init_from_env()
     try:
-        return _run_training(config, overrides, dataset, root, trial, output, resume)
+        return _run_training(config, overrides, dataset, root, trial, output, resume, overwrite)
     finally:
         if created:
             dist_utils.cleanup()
 
 
-def _run_training(config, overrides, dataset, root, trial, output: Path, resume: bool) -> dict:
+def _run_training(
+    config, overrides, dataset, root, trial, output: Path, resume: bool, overwrite: bool
+) -> dict:
+    if resume and overwrite:
+        raise DclnetError("--resume continues a run and --overwrite starts over; pass one")
     if resume:
         saved = output / "config.yaml"
         if trial == "all":
@@ -75,10 +83,10 @@ def _run_training(config, overrides, dataset, root, trial, output: Path, resume:
             raise DclnetError(f"cannot resume: {saved} does not exist (wrong --output?)")
         config = saved
     if trial == "all":
-        return _train_all_trials(config, overrides, dataset, root, output, resume)
+        return _train_all_trials(config, overrides, dataset, root, output, resume, overwrite)
     trial_num = _parse_trial(trial)
     cfg = resolve_run_config(config, overrides, dataset=dataset, root=root, trial=trial_num)
-    return fit(cfg, output, resume=resume)
+    return fit(cfg, output, resume=resume, overwrite=overwrite)
 
 
 def _parse_trial(trial: str | None) -> int | None:
@@ -93,7 +101,9 @@ def _parse_trial(trial: str | None) -> int | None:
     return value
 
 
-def _train_all_trials(config, overrides, dataset, root, output: Path, resume: bool) -> dict:
+def _train_all_trials(
+    config, overrides, dataset, root, output: Path, resume: bool, overwrite: bool
+) -> dict:
     cfg = resolve_run_config(config, overrides, dataset=dataset, root=root)
     if cfg.data.dataset != "regdb":
         raise ConfigError(
@@ -103,12 +113,14 @@ def _train_all_trials(config, overrides, dataset, root, output: Path, resume: bo
     for t in range(1, 11):
         run_dir = output / f"trial{t}"
         done = run_dir / "test_results.json"
-        if done.is_file():  # finished trials are never redone
+        if done.is_file() and not overwrite:  # finished trials are redone only on --overwrite
             logger.info("trial %d already finished (%s); skipping", t, done)
             trials.append(json.loads(done.read_text()))
             continue
         resume_t = resume and (run_dir / "last.pt").is_file()
-        result = fit(_with_data(cfg, trial=t), run_dir, resume=resume_t)
+        # --resume restarts a trial that stopped before its first checkpoint.
+        overwrite_t = overwrite or (resume and not resume_t)
+        result = fit(_with_data(cfg, trial=t), run_dir, resume=resume_t, overwrite=overwrite_t)
         trials.append(result["test"])
     means = [t["mean"] for t in trials]
     summary = {
@@ -208,7 +220,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_demo(output: Path, *, config: Path | None, overrides: list[str] | None) -> dict:
+def run_demo(
+    output: Path, *, config: Path | None, overrides: list[str] | None, overwrite: bool = False
+) -> dict:
     """``dclnet demo``: raw-pixel baseline, then DCLNet trained and tested, on synthetic data.
 
     Returns:
@@ -238,7 +252,7 @@ def run_demo(output: Path, *, config: Path | None, overrides: list[str] | None) 
         f"\nTraining DCLNet ({cfg.model.arch}, {d.height}x{d.width}, {cfg.optim.epochs} epochs, "
         f"loss preset {cfg.loss.preset or 'custom/full'}) on the SYNTHETIC set -> {output}"
     )
-    result = fit(cfg, output)
+    result = fit(cfg, output, overwrite=overwrite)
     print("\nSYNTHETIC data — summary (mean over trials, percent):")
     for name, summary in (("raw pixels", base.plain.mean), ("DCLNet", result["test"]["mean"])):
         print(
