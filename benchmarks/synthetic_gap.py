@@ -185,9 +185,14 @@ def protocol_run(args: argparse.Namespace) -> None:
     print(f"small CNN, {seconds:.0f} s of training, seed {args.seed}, {args.num_ids} ids:")
     print(format_table(result))
     if args.json is not None:
+        import sys
+
+        from dclnet.engine.runs import machine_info
+
         out = result.to_json()
         out["train_seconds"] = seconds
-        write_json(out, args.json)
+        out["command"] = " ".join(["python benchmarks/synthetic_gap.py", *sys.argv[1:]])
+        write_json({**out, **machine_info()}, args.json)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Optimiser parameter groups and the learning-rate schedule (method.md §8)."""
+"""Optimiser parameter groups and the learning-rate schedule (docs/method.md §8)."""
 
 from __future__ import annotations
 
