@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -11,9 +12,12 @@ import numpy as np
 import pytest
 from _trees import LLCM_CAMS, LLCM_TEST, LLCM_TRAIN, llcm_count, write_llcm_tree
 
+from dclnet.cli import main
 from dclnet.data.sources import llcm
-from dclnet.errors import DataError
-from dclnet.evaluation.splits import ProtocolSettings, build_splits
+from dclnet.data.sources.synthetic import write_llcm
+from dclnet.errors import ConfigError, DataError
+from dclnet.evaluation.protocols import save_features_npz
+from dclnet.evaluation.splits import ProtocolSettings, build_splits, needed_paths
 
 TEST_DIR = {"visible": "test_vis", "infrared": "test_nir"}
 
@@ -188,3 +192,112 @@ def test_gallery_trial_accepts_numpy_integers_only(root: Path) -> None:
     assert llcm.gallery_records(listing, LLCM_TEST, "visible", np.int64(2)) == expected
     _raises(">= 0", llcm.gallery_records, listing, LLCM_TEST, "visible", True)
     _raises(">= 0", llcm.gallery_records, listing, LLCM_TEST, "visible", 1.5)
+
+
+# --- the synthetic LLCM writer, end to end ----------------------------------------------------
+
+
+def _identity_features(labels, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    feats = np.eye(64, dtype=np.float32)[np.asarray(labels) % 64]
+    feats += noise * rng.standard_normal(feats.shape).astype(np.float32)
+    return feats / np.linalg.norm(feats, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "LLCM"
+    assert main(["synth", "llcm", str(root), "--ids", "9", "--seed", "3"]) == 0
+    return root
+
+
+def test_synthetic_llcm_train_records_match_files(synth_root: Path) -> None:
+    records = llcm.train_records(synth_root)
+    files = {
+        m: sorted(synth_root.glob(f"{d}/*/*.jpg")) for m, d in (("vis", "vis"), ("nir", "nir"))
+    }
+    assert len(records) == len(files["vis"]) + len(files["nir"])
+    assert {r.path for r in records} == {
+        p.relative_to(synth_root).as_posix() for fs in files.values() for p in fs
+    }
+    train_ids = sorted({int(r.path.split("/")[1]) for r in records})
+    test_ids = llcm.read_test_ids(synth_root)
+    assert test_ids == sorted(test_ids) and len(test_ids) == 3  # round(9 / 3)
+    assert sorted(train_ids + test_ids) == list(range(1, 10))
+    assert sorted({r.label for r in records}) == list(range(len(train_ids)))
+    for r in records:
+        assert r.label == train_ids.index(int(r.path.split("/")[1]))
+        assert r.cam in llcm.CAMS[r.modality] and f"_c{r.cam:02d}_" in r.path
+    # each person: at least two cameras per modality
+    for modality in ("visible", "infrared"):
+        for pid in train_ids:
+            cams = {r.cam for r in records if r.modality == modality and f"/{pid:04d}/" in r.path}
+            assert len(cams) >= 2
+
+
+@pytest.mark.parametrize(
+    "direction, query_dir, gallery_dir",
+    [("i2v", "test_nir", "test_vis"), ("v2i", "test_vis", "test_nir")],
+)
+def test_synthetic_llcm_protocol_and_evaluate_features(
+    synth_root: Path, tmp_path: Path, direction: str, query_dir: str, gallery_dir: str
+) -> None:
+    settings = ProtocolSettings("llcm", trials=3, direction=direction)
+    splits = build_splits(settings, synth_root)
+    query_files = sorted(synth_root.glob(f"{query_dir}/cam*/*/*.jpg"))
+    gallery_folders = [d for d in synth_root.glob(f"{gallery_dir}/cam*/*") if d.is_dir()]
+    assert query_files and gallery_folders
+    for split in splits:
+        assert len(split.query) == len(query_files)
+        assert {r.path for r in split.query} == {
+            p.relative_to(synth_root).as_posix() for p in query_files
+        }
+        assert len(split.gallery) == len(gallery_folders)
+    assert not (synth_root / "test_nir" / "cam3").exists()
+    by_path = {r.path: r for s in splits for r in (*s.query, *s.gallery)}
+    paths = needed_paths(splits)
+    labels = [by_path[p].label for p in paths]
+    base = ["evaluate-features", "--dataset", "llcm", "--root", str(synth_root), "--trials", "3"]
+    base += ["--direction", direction]
+    results = {}
+    for name, noise in (("random", None), ("identity", 0.0)):
+        if noise is None:
+            rng = np.random.default_rng(0)
+            feats = rng.standard_normal((len(paths), 32)).astype(np.float32)
+        else:
+            feats = _identity_features(labels, noise)
+        save_features_npz(tmp_path / f"{name}.npz", paths, feats)
+        out = tmp_path / f"{name}.json"
+        assert main([*base, "--features", str(tmp_path / f"{name}.npz"), "--json", str(out)]) == 0
+        results[name] = json.loads(out.read_text())
+    for data in results.values():
+        assert data["protocol"] == {"dataset": "llcm", "trials": 3, "direction": direction}
+        assert len(data["trials"]) == 3
+        assert all(0.0 <= data["mean"][k] <= 100.0 for k in data["mean"])
+    assert results["identity"]["mean"]["rank1"] == pytest.approx(100.0)
+    assert results["identity"]["mean"]["mAP"] == pytest.approx(100.0)
+    assert results["random"]["mean"]["mAP"] < 100.0
+
+
+def test_synthetic_llcm_is_deterministic_and_guards_its_folder(tmp_path: Path) -> None:
+    kwargs = {"num_ids": 4, "height": 32, "width": 16, "camera_presence": 0.0}
+    first = write_llcm(tmp_path / "a", seed=1, **kwargs)
+    second = write_llcm(tmp_path / "b", seed=1, **kwargs)
+    files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(second).as_posix() for p in second.rglob("*") if p.is_file()
+    )
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    # camera_presence 0: exactly two cameras per modality and person, yet no empty test camera
+    records = llcm.train_records(first)
+    for label in {r.label for r in records}:
+        for modality in ("visible", "infrared"):
+            mine = [r for r in records if r.label == label and r.modality == modality]
+            assert len({r.cam for r in mine}) == 2
+    llcm.list_llcm(first, llcm.read_test_ids(first))  # raises on an empty camera folder
+    (first / "notes.txt").write_text("mine")
+    _raises(str(first), write_llcm, first)
+    write_llcm(first, overwrite=True, seed=2, **kwargs)
+    assert (first / "notes.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="num_test_ids"):
+        write_llcm(tmp_path / "c", num_ids=4, num_test_ids=4)

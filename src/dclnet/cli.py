@@ -116,9 +116,9 @@ def cmd_evaluate_features(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from dclnet.data.sources.synthetic import write_regdb, write_sysu
+    from dclnet.data.sources.synthetic import write_llcm, write_regdb, write_sysu
 
-    write = write_sysu if args.layout == "sysu" else write_regdb
+    write = {"sysu": write_sysu, "regdb": write_regdb, "llcm": write_llcm}[args.layout]
     kwargs = {"seed": args.seed, "overwrite": args.overwrite}
     if args.ids is not None:
         kwargs["num_ids"] = args.ids
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate_features)
 
     p = sub.add_parser("synth", help="write the synthetic set in a raw layout")
-    p.add_argument("layout", choices=("sysu", "regdb"))
+    p.add_argument("layout", choices=("sysu", "regdb", "llcm"))
     p.add_argument("out_dir", type=Path)
     p.add_argument("--ids", type=int, default=None, help="number of identities")
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
-"""Built-in synthetic two-modality person data set, in memory or written as SYSU-MM01 / RegDB.
+"""Built-in synthetic two-modality person data set, in memory or written as SYSU-MM01 / RegDB /
+LLCM.
 
 The people are procedural (see :mod:`dclnet.data.sources.synthetic_render`): identities share
 only body shape and texture layout across modalities, so matching an infrared image to a
@@ -41,6 +42,25 @@ SYSU_CAMERAS = {
     6: (INFRARED, (1.0, 1.0, 1.0), 1.2),
 }
 REGDB_CAMERAS = {1: (VISIBLE, (1.0, 1.0, 1.0), 0.6), 2: (INFRARED, (1.0, 1.0, 1.0), 1.0)}
+# LLCM: nine cameras see by day (visible) and by night (near-infrared); infrared camera 3 has
+# no images, as in the release. Render keys: camera k visible -> k, infrared -> 100 + k.
+LLCM_VISIBLE_CAMS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+LLCM_INFRARED_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)
+_LLCM_TINTS = (
+    (1.06, 1.0, 0.9),
+    (0.9, 0.98, 1.1),
+    (1.0, 1.06, 0.93),
+    (1.1, 0.95, 1.0),
+    (0.95, 1.04, 1.02),
+    (1.03, 0.97, 1.08),
+    (0.92, 1.02, 0.96),
+    (1.08, 1.03, 0.94),
+    (0.97, 0.94, 1.06),
+)
+LLCM_CAMERAS = {
+    **{c: (VISIBLE, _LLCM_TINTS[c - 1], 0.5 + 0.07 * c) for c in LLCM_VISIBLE_CAMS},
+    **{100 + c: (INFRARED, (1.0, 1.0, 1.0), 0.8 + 0.06 * c) for c in LLCM_INFRARED_CAMS},
+}
 SYSU_VISIBLE_CAMS = (1, 2, 4, 5)
 SYSU_INFRARED_CAMS = (3, 6)
 CHUNK = 256  # images rendered at once; fixed so results do not depend on memory
@@ -121,7 +141,7 @@ def render_images(
     height: int,
     width: int,
     seed: np.random.SeedSequence,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render image ``i`` of person row ``who[i]`` seen by camera ``cams[i]``.
 
     Returns:
@@ -355,4 +375,96 @@ def write_regdb(
             (out / "idx" / f"train_{modality}_{t}.txt").write_text("\n".join(lines) + "\n")
             lines = [f"{p} {pid}" for pid in test for p in by_id[pid]]
             (out / "idx" / f"test_{modality}_{t}.txt").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _llcm_presence(
+    rng: np.random.Generator, num_ids: int, presence: float, cams: tuple[int, ...]
+) -> np.ndarray:
+    """``num_ids x len(cams)`` bool: who is seen by which camera; at least two cameras each."""
+    present = rng.random((num_ids, len(cams))) < presence
+    for row in np.flatnonzero(present.sum(1) < 2):
+        missing = np.flatnonzero(~present[row])
+        present[row, rng.choice(missing, 2 - present[row].sum(), replace=False)] = True
+    return present
+
+
+def write_llcm(
+    out_dir: Path,
+    *,
+    num_ids: int = 30,
+    seed: int = 0,
+    height: int = 128,
+    width: int = 64,
+    images_per_camera: tuple[int, int] = (1, 3),
+    camera_presence: float = 0.5,
+    num_test_ids: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Generate synthetic people and write them in the LLCM raw layout.
+
+    Layout (what :mod:`dclnet.data.sources.llcm` reads): training images
+    ``vis/<pid:04d>/<name>`` and ``nir/<pid:04d>/<name>`` listed in ``idx/train_vis.txt`` and
+    ``idx/train_nir.txt`` (lines ``"<relative path> <pid>"``; the reader re-indexes), test
+    images ``test_vis/cam<k>/<pid:04d>/<name>`` and ``test_nir/cam<k>/<pid:04d>/<name>``, and
+    ``idx/test_id.txt`` (one line of comma-separated ids). File names follow LLCM's
+    ``<pid:04d>_c<kk>_s<seq>_f<frame>_<vis|nir>.jpg``. Visible cameras are 1-9, near-infrared
+    1, 2, 4-9 (the same number is the same camera by day and by night). Each person is seen
+    by each camera of each modality with probability ``camera_presence``, by at least two
+    cameras per modality, with ``images_per_camera`` images per (modality, camera) folder;
+    every test camera folder holds at least one person. Ids ``1..num_ids``, a seeded
+    ``num_test_ids`` (default ``max(1, round(num_ids / 3))``, as LLCM's 351 of 1,064) test,
+    the rest train. With ``overwrite``, existing ``vis``, ``nir``, ``test_vis``, ``test_nir``
+    and ``idx`` entries are replaced.
+
+    Returns:
+        The data-set root ``out_dir``.
+    """
+    _check("num_ids", num_ids >= 2, "at least 2 (train and test ids)")
+    num_test = max(1, round(num_ids / 3)) if num_test_ids is None else num_test_ids
+    _check("num_test_ids", 1 <= num_test < num_ids, "at least 1 and below num_ids")
+    _check("height/width", height >= 16 and width >= 8, "at least 16 x 8 pixels")
+    lo, hi = images_per_camera
+    _check("images_per_camera", 1 <= lo <= hi, "a range (low, high) with 1 <= low <= high")
+    _check("camera_presence", 0.0 <= camera_presence <= 1.0, "a probability in [0, 1]")
+    owned = ("vis", "nir", "test_vis", "test_nir", "idx")
+    out = _prepare_out_dir(out_dir, owned, overwrite)  # fail before spending time rendering
+    people_seed, layout_seed, image_seed = np.random.SeedSequence([seed, 1064]).spawn(3)
+    people = sample_people(np.random.default_rng(people_seed), num_ids)
+    rng = np.random.default_rng(layout_seed)
+    order = rng.permutation(num_ids) + 1
+    test_ids = sorted(order[:num_test].tolist())
+    is_test = np.isin(np.arange(1, num_ids + 1), test_ids)
+    rows: list[tuple[int, int, str, str]] = []  # (person row, render key, path, train list)
+    for cams, tag, offset in ((LLCM_VISIBLE_CAMS, "vis", 0), (LLCM_INFRARED_CAMS, "nir", 100)):
+        present = _llcm_presence(rng, num_ids, camera_presence, cams)
+        test_rows = np.flatnonzero(is_test)
+        for j in np.flatnonzero(~present[test_rows].any(0)):  # no empty test camera folder
+            present[rng.choice(test_rows), j] = True
+        counts = rng.integers(lo, hi + 1, present.shape) * present
+        for row in range(num_ids):
+            pid = row + 1
+            for j, cam in enumerate(cams):
+                for k in range(counts[row, j]):
+                    name = f"{pid:04d}_c{cam:02d}_s{100000 + row}_f{k + 1:04d}_{tag}.jpg"
+                    if is_test[row]:
+                        rows.append(
+                            (row, offset + cam, f"test_{tag}/cam{cam}/{pid:04d}/{name}", "")
+                        )
+                    else:
+                        rows.append((row, offset + cam, f"{tag}/{pid:04d}/{name}", tag))
+    who = np.array([r[0] for r in rows], dtype=np.int64)
+    keys = np.array([r[1] for r in rows], dtype=np.int64)
+    images, _, _ = render_images(people, who, keys, LLCM_CAMERAS, height, width, image_seed)
+    train_lines: dict[str, list[str]] = {"vis": [], "nir": []}
+    for (row, _, rel, train), image in zip(rows, images):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(out / rel, quality=95, subsampling=0)
+        if train:
+            train_lines[train].append(f"{rel} {row + 1}")
+    (out / "idx").mkdir()
+    for tag, lines in train_lines.items():
+        (out / "idx" / f"train_{tag}.txt").write_text("\n".join(lines) + "\n")
+    (out / "idx" / "test_id.txt").write_text(",".join(map(str, test_ids)) + "\n")
+    logger.info("synthetic LLCM: %d ids (%d test), %d images", num_ids, num_test, len(rows))
     return out
