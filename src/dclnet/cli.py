@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dclnet.benchmark import register as register_benchmark
 
     register_benchmark(sub)
+    from dclnet.data.cache_admin import register as register_cache
+
+    register_cache(sub)
     for command in sub.choices.values():  # --debug also after the command name
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
