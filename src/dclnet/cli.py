@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,45 @@ logger = logging.getLogger("dclnet")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+TRAIN_EXAMPLES = """\
+examples:
+  # a one-minute smoke run on the built-in synthetic set (CPU)
+  dclnet train --config tiny --output runs/tiny
+  # the paper recipe on SYSU-MM01, then continue it after an interruption
+  dclnet train --config sysu --root data/SYSU-MM01 --output runs/sysu
+  dclnet train --config sysu --root data/SYSU-MM01 --output runs/sysu --resume
+  # change any config key (list them with `dclnet config --keys`)
+  dclnet train --config sysu --root data/SYSU-MM01 --output runs/sysu-e10 optim.epochs=10
+  # RegDB: all 10 index trials, one model each, then mean +- std
+  dclnet train --config regdb --root data/RegDB --trial all --output runs/regdb
+  # 4 GPUs of one machine (docs/distributed.md)
+  torchrun --standalone --nproc_per_node 4 -m dclnet train --config sysu \\
+      --root data/SYSU-MM01 --output runs/sysu-4gpu
+
+Run folder: config.yaml, log.txt (what the console shows), metrics.jsonl, last.pt,
+best.pt (with a validation split) and test_results.json; see docs/training.md.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Help that states every default: ``(default: X)``, ``(default: off)`` for flags.
+
+    An option whose default is ``None`` says in its own text what happens without it; text
+    that already mentions its default is left alone; required options get ``(required)``.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.nargs == 0:  # store_true and friends
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text
+        return super()._get_help_string(action)
+
 
 def _add_protocol_args(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
     p.add_argument(
@@ -30,7 +70,11 @@ def _add_protocol_args(p: argparse.ArgumentParser, *, dataset_required: bool = T
         choices=("sysu", "regdb", "llcm", "synthetic"),
         help="data set",
     )
-    p.add_argument("--root", type=Path, help="raw data-set root (not for synthetic)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        help="raw data-set root (default: none; needed for every data set but synthetic)",
+    )
     p.add_argument("--mode", default="all", choices=("all", "indoor"), help="SYSU search mode")
     p.add_argument("--shots", type=int, default=1, choices=(1, 10), help="SYSU gallery shots")
     p.add_argument(
@@ -41,7 +85,9 @@ def _add_protocol_args(p: argparse.ArgumentParser, *, dataset_required: bool = T
         "(exp/rand_perm_cam.mat)",
     )
     p.add_argument("--trials", type=int, default=10, help="gallery trials (SYSU, LLCM)")
-    p.add_argument("--trial", type=int, default=None, help="RegDB split 1..10")
+    p.add_argument(
+        "--trial", type=int, default=None, help="RegDB split 1..10 (default: none; RegDB needs it)"
+    )
     p.add_argument(
         "--direction",
         default=None,
@@ -53,7 +99,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, *, dataset_required: bool = T
         action="store_true",
         help="also report k-reciprocal re-ranked results (separately)",
     )
-    p.add_argument("--json", type=Path, help="write results as JSON here")
+    p.add_argument("--json", type=Path, help="write results as JSON here (default: do not)")
 
 
 def resolve_config_path(value: str | None) -> Path | None:
@@ -171,6 +217,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
         write_json({"command": " ".join(command + args.overrides), **result}, args.json)
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    from dclnet.config import format_keys, load_config, to_dict
+
+    if args.keys:
+        if args.config is not None or args.overrides:
+            raise DclnetError("--keys lists every key of the schema; drop --config and overrides")
+        print(format_keys())
+        return
+    import yaml
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+
+
 def cmd_diagnose(args: argparse.Namespace) -> None:
     from dclnet.evaluation.diagnose import run_diagnose
 
@@ -186,7 +246,9 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dclnet", description="DCLNet for visible-infrared person re-identification."
+        prog="dclnet",
+        description="DCLNet for visible-infrared person re-identification.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dclnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -195,21 +257,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="train and test DCLNet on the built-in synthetic set (CPU)")
+    overrides_help = "section.key=value overrides, e.g. optim.epochs=10 (default: none)"
+    recipe_help = (
+        "YAML recipe, or a bundled name: demo, tiny, sysu, regdb, llcm "
+        "(default: none, i.e. the built-in defaults; see `dclnet config --keys`)"
+    )
+
+    p = sub.add_parser(
+        "demo",
+        help="train and test DCLNet on the built-in synthetic set (CPU)",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--output", type=Path, default=Path("runs/demo"), help="run folder")
-    p.add_argument("--config", default="demo", help="recipe (default: demo)")
+    p.add_argument("--config", default="demo", help="recipe, a YAML file or a bundled name")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in OUTPUT")
     p.add_argument(
-        "--json", type=Path, default=None, help="also write the results, timing and machine here"
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the results, timing and machine here (default: do not)",
     )
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train DCLNet")
-    p.add_argument("--dataset", choices=("synthetic", "sysu", "regdb", "llcm"))
-    p.add_argument("--root", type=Path)
-    p.add_argument("--trial", help="RegDB trial 1..10, or 'all' for the 10 trials")
-    p.add_argument("--config", help="YAML recipe, or a bundled name: demo, tiny, sysu, regdb, llcm")
+    p = sub.add_parser(
+        "train",
+        help="train DCLNet",
+        description="Train DCLNet: recipe (--config), then section.key=value overrides, then\n"
+        "--dataset/--root/--trial on top. Logs the config, data statistics and one line per\n"
+        "epoch, mirrored into OUTPUT/log.txt.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--dataset",
+        choices=("synthetic", "sysu", "regdb", "llcm"),
+        help="data set (default: the recipe's data.dataset)",
+    )
+    p.add_argument("--root", type=Path, help="raw data-set root (default: the recipe's data.root)")
+    p.add_argument(
+        "--trial",
+        help="RegDB trial 1..10, or 'all' for the 10 trials (default: the recipe's data.trial)",
+    )
+    p.add_argument("--config", help=recipe_help)
     p.add_argument("--output", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument(
@@ -217,16 +307,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start over in an OUTPUT that holds a previous run (deletes its run files)",
     )
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.epochs=10")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("test", help="evaluate a checkpoint under a data set's full protocol")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config (YAML) without training, or list every key",
+        description="Print the config that `dclnet train` with the same --config and overrides\n"
+        "would use (defaults, then recipe, then overrides) as YAML that --config reads back.\n"
+        "--keys lists every key with its type, default and meaning.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--config", help=recipe_help)
+    p.add_argument("--keys", action="store_true", help="list every key: type, default, meaning")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "test",
+        help="evaluate a checkpoint under a data set's full protocol",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, help="a dclnet checkpoint (last.pt, best.pt)"
+    )
     _add_protocol_args(p)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward")
     p.add_argument("--flip", action="store_true", help="flip-averaged features")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="image cache (default: $XDG_CACHE_HOME/dclnet or ~/.cache/dclnet)",
+    )
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser(
@@ -329,10 +443,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     error (its traceback goes to a temp file; ``--debug`` raises it instead), 130 interrupted.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    # Under torchrun only rank 0 talks: the other ranks show errors only, and no warnings.
+    quiet = _env_rank() != 0
+    level = logging.ERROR if quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    package = logging.getLogger("dclnet")
+    saved_level = package.level
+    if quiet or args.verbose:
+        package.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            return _run(args)
+    finally:
+        package.setLevel(saved_level)
+
+
+def _env_rank() -> int:
+    from dclnet.engine.distributed import env_rank
+
+    return env_rank()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:

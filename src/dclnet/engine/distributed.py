@@ -35,6 +35,14 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def env_rank() -> int:
+    """Global rank from torchrun's ``RANK`` (0 outside torchrun), known before the group exists."""
+    try:
+        return int(os.environ.get("RANK", 0))
+    except ValueError:
+        return 0
+
+
 def local_rank() -> int:
     """Rank of this process on its node (torchrun's ``LOCAL_RANK``; 0 outside torchrun)."""
     return int(os.environ.get("LOCAL_RANK", 0))

@@ -24,6 +24,13 @@ from dclnet.data.datasets import EvalData, TrainData, load_eval_data, load_train
 from dclnet.data.sampler import CrossModalitySampler
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from dclnet.engine.runlog import (
+    LOG_NAME,
+    config_summary,
+    data_statistics,
+    epoch_summary,
+    run_log_file,
+)
 from dclnet.engine.schedule import build_optimizer, build_scheduler
 from dclnet.engine.step import (
     BatchPrefetcher,
@@ -193,7 +200,7 @@ def _load_train(cfg: Config, progress: bool) -> TrainData:
 
 
 # Files and folders ``fit`` writes in a run folder (what ``overwrite=True`` clears).
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "test_results.json")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "test_results.json", LOG_NAME)
 RUN_DIRS = ("tensorboard",)
 RUN_GLOBS = ("*.log",)
 LOCK_NAME = ".lock"
@@ -338,6 +345,10 @@ def fit(
     metrics log is cut back to the checkpoint's step) or ``overwrite`` (delete the previous
     run's files first). One training at a time holds a folder (``output/.lock``).
 
+    The run logs its config (keys changed from the defaults), a statistics table of the
+    training data and one summary line per epoch; rank 0 mirrors the ``dclnet`` loggers into
+    ``output/log.txt`` (appended on ``resume``).
+
     In a process group (``torchrun``, see docs/distributed.md) every rank trains on its own
     sampler stream under DDP; rank 0 alone writes the run folder, and evaluation is sharded
     across the ranks. ``output`` must be visible to every rank for ``resume``.
@@ -350,7 +361,8 @@ def fit(
     if dist_utils.rank() == 0:  # rank 0 alone writes the folder
         lock = claim_run_folder(output, resume=resume, overwrite=overwrite)
     try:
-        return _fit(cfg, output, resume=resume, progress=progress)
+        with run_log_file(output, enabled=dist_utils.rank() == 0):
+            return _fit(cfg, output, resume=resume, progress=progress)
     finally:
         release_run_folder(lock)
 
@@ -365,6 +377,9 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
     np.random.seed(cfg.train.seed % 2**32)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size: pick the fastest kernels once
+    if is_main:
+        logger.info("%s training in %s", "resuming" if resume else "starting", output)
+        logger.info("%s", config_summary(cfg))
     data = _load_train(cfg, progress and is_main)
     model = _build_model(cfg, data.num_classes).to(device)
     if cfg.train.channels_last:
@@ -415,6 +430,16 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
     )
     log = MetricsLog(output, cfg.train.tensorboard, enabled=is_main)
     steps_per_epoch = len(sampler)
+    if is_main:
+        table = data_statistics(
+            data,
+            cfg.data.dataset,
+            batches_per_epoch=steps_per_epoch,
+            num_ids=cfg.data.num_ids,
+            num_instances=cfg.data.num_instances,
+            world_size=world,
+        )
+        logger.info("%s", table)
     if resume and is_main:
         _truncate_metrics(
             output / "metrics.jsonl",
@@ -422,8 +447,17 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
             drop_test=start_epoch >= cfg.optim.epochs,  # the final test is run again
         )
     try:
+        started = time.perf_counter()
         for epoch in range(start_epoch, cfg.optim.epochs):
-            _train_epoch(ctx, data, sampler, epoch, cfg, log, steps_per_epoch, progress and is_main)
+            stats = _train_epoch(
+                ctx, data, sampler, epoch, cfg, log, steps_per_epoch, progress and is_main
+            )
+            if is_main:  # ETA: mean wall time of this session's epochs (evaluation included)
+                per_epoch = (time.perf_counter() - started) / (epoch + 1 - start_epoch)
+                eta = per_epoch * (cfg.optim.epochs - epoch - 1)
+                logger.info(
+                    "%s", epoch_summary(epoch + 1, cfg.optim.epochs, **stats, eta_seconds=eta)
+                )
             scheduler.step()
             evals = _periodic_eval(
                 cfg, epoch, model, data, device, log, is_main, (epoch + 1) * steps_per_epoch
@@ -514,6 +548,14 @@ def _final_test(
             **result.plain.mean,
         )
         print(format_table(result))
+        mean = result.plain.mean
+        logger.info(
+            "final test (last model): rank-1 %.2f mAP %.2f mINP %.2f; table in %s",
+            mean["rank1"],
+            mean["mAP"],
+            mean["mINP"],
+            output / "test_results.json",
+        )
     return result
 
 
@@ -542,12 +584,15 @@ def _train_epoch(
     log: MetricsLog,
     steps_per_epoch: int,
     progress: bool,
-) -> None:
+) -> dict[str, Any]:
+    """One epoch; its mean losses, learning rate, seconds and images/s (for the summary line)."""
     sampler.set_epoch(epoch)
     batches = list(sampler)
     ctx.model.train()
     sums: dict[str, Tensor] = {}
+    totals: dict[str, float] = {}  # epoch sums of the loss terms, from the window means
     window = 0
+    lr = ctx.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     pin = ctx.device.type == "cuda"
     bar = tqdm(
@@ -575,21 +620,28 @@ def _train_epoch(
                     f"{means}; lower optim.lr or disable train.amp"
                 )
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()})
-            lr = ctx.optimizer.param_groups[0]["lr"]
+            for k, v in means.items():
+                totals[k] = totals.get(k, 0.0) + v * window
             log.write("train", epoch * steps_per_epoch + step + 1, epoch=epoch + 1, lr=lr, **means)
             sums, window = {}, 0
     bar.close()
     elapsed = time.perf_counter() - start
     # All ranks step in lockstep, so the run's throughput is world_size times one rank's.
     images = 2 * len(batches) * cfg.data.num_ids * cfg.data.num_instances * sampler.world_size
+    images_per_s = images / max(elapsed, 1e-9)
     log.write(
         "epoch",
         (epoch + 1) * steps_per_epoch,
         epoch=epoch + 1,
         seconds=elapsed,
-        images_per_s=images / max(elapsed, 1e-9),
+        images_per_s=images_per_s,
     )
-    logger.info("epoch %d: %.1f s, %.1f images/s", epoch + 1, elapsed, images / elapsed)
+    return {
+        "losses": {k: v / max(len(batches), 1) for k, v in totals.items()},
+        "lr": lr,
+        "seconds": elapsed,
+        "images_per_s": images_per_s,
+    }
 
 
 def _periodic_eval(
