@@ -77,3 +77,10 @@ def test_parse_override_yaml_values():
 def test_bundled_recipes_load(name):
     cfg = load_config(CONFIG_DIR / f"{name}.yaml")
     assert isinstance(cfg, Config)
+
+
+def test_bare_off_is_the_off_choice_not_a_bool():
+    # YAML 1.1 reads `off` as False; train.amp has an "off" choice, so it means that
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="data.dataset"):
+        load_config(None, ["data.dataset=off"])  # no "off" choice there: still an error

@@ -266,6 +266,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        # YAML 1.1 reads a bare off/on as a bool: take it back for keys whose choices say so
+        word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
+        if word is not None and word in _CHOICES.get(key, ()):
+            return word
     else:  # pragma: no cover - every schema type is handled above
         return value
     raise ConfigError(
