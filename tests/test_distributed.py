@@ -205,7 +205,7 @@ def _events(run: Path) -> list[dict]:
 def test_rank0_writes_the_run_folder_alone(spawned):
     run = spawned / "full"
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["config.yaml", "last.pt", "metrics.jsonl", "test_results.json"]
+    assert names == ["config.yaml", "last.pt", "log.txt", "metrics.jsonl", "test_results.json"]
     events = _events(run)
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]  # one writer
     assert len([e for e in events if e["event"] == "test"]) == 1
@@ -268,6 +268,7 @@ def test_torchrun_cli_launch(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "config.yaml",
         "last.pt",
+        "log.txt",
         "metrics.jsonl",
         "test_results.json",
     ]
