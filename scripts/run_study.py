@@ -65,6 +65,7 @@ def run_one(config: Path, overrides: list[str], preset: str, seed: int, out: Pat
         synthetic_ids=cfg.data.synthetic_ids,
         synthetic_seed=cfg.data.synthetic_seed,
         fold_bnneck=cfg.loss.cam_fold_bn,
+        trained_on_set=True,
     )
     result = {
         "preset": preset,
