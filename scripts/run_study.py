@@ -30,6 +30,7 @@ from dclnet.cli import resolve_config_path
 from dclnet.engine.runs import load_model, machine_info, resolve_run_config
 from dclnet.engine.train import fit
 from dclnet.evaluation.diagnose import diagnose_model
+from dclnet.evaluation.protocols import write_json
 from dclnet.reporting import render_study, replace_section
 
 PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
@@ -74,9 +75,7 @@ def run_one(config: Path, overrides: list[str], preset: str, seed: int, out: Pat
         "diagnose": diag,
         "train_and_test_seconds": seconds,
     }
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(done)
+    write_json(result, done)
     return result
 
 
@@ -149,8 +148,7 @@ def main() -> int:
     text = render_study(record)
     print(text)
     path = args.results or args.output / "study.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, path)
     if args.readme:
         args.readme.write_text(replace_section(args.readme.read_text(), "study", text))
     return 0

@@ -213,7 +213,7 @@ def _files(folder: Path) -> set[str]:
 
 def _claim(output: Path, *, resume: bool, overwrite: bool) -> None:
     """Check and clear ``output`` as a training would, then give its lock back."""
-    from dclnet.engine.train import claim_run_folder, release_run_folder
+    from dclnet.engine.run_folder import claim_run_folder, release_run_folder
 
     release_run_folder(claim_run_folder(output, resume=resume, overwrite=overwrite))
 
@@ -270,7 +270,7 @@ def test_new_or_empty_folder_needs_no_flag_and_stale_temp_files_go(tmp_path):
 
 
 def test_one_training_per_folder(tmp_path):
-    from dclnet.engine.train import claim_run_folder, release_run_folder
+    from dclnet.engine.run_folder import claim_run_folder, release_run_folder
     from dclnet.errors import TrainingError
 
     held = claim_run_folder(tmp_path, resume=False, overwrite=False)

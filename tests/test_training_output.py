@@ -13,8 +13,9 @@ import yaml
 
 from dclnet import cli
 from dclnet.config import Config, describe_keys, format_keys, load_config
+from dclnet.engine.run_folder import RUN_FILES
 from dclnet.engine.runlog import config_changes, config_summary, format_duration
-from dclnet.engine.train import RUN_FILES, fit
+from dclnet.engine.train import fit
 
 TINY = Path(__file__).resolve().parents[1] / "src" / "dclnet" / "configs" / "tiny.yaml"
 EPOCH_LINE = re.compile(

@@ -20,7 +20,6 @@ scores them on training images with their true identity instead.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -260,8 +259,7 @@ def run_diagnose(
     result["checkpoint"] = str(checkpoint)
     print(format_diagnosis(result))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(json_path)
+        from dclnet.evaluation.protocols import write_json
+
+        write_json(result, json_path)
     return result

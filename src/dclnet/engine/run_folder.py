@@ -1,0 +1,151 @@
+"""Run folders: which files a training run owns, one training per folder, clean resume.
+
+``fit`` claims its output folder here before any work: a used folder needs ``resume`` or
+``overwrite`` (which deletes only the run's own files), a ``.lock`` keeps a second training
+out, stale temp files of earlier crashes go, and on resume the metrics log is cut back to the
+checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dclnet.engine.runlog import LOG_NAME
+from dclnet.errors import CheckpointError, TrainingError
+
+logger = logging.getLogger(__name__)
+# Files and folders ``fit`` writes in a run folder (what ``overwrite=True`` clears).
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "test_results.json", LOG_NAME)
+RUN_DIRS = ("tensorboard",)
+RUN_GLOBS = ("*.log",)
+LOCK_NAME = ".lock"
+
+
+def _lock_run_folder(output: Path):
+    """Hold ``output/.lock`` (one training per folder at a time); the open file, or None.
+
+    Release with :func:`release_run_folder` (which deletes the file). The inode check makes
+    a lock taken on a file that its previous holder just deleted count as not taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    path = output / LOCK_NAME
+    for _ in range(5):
+        fh = path.open("a")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            break
+        except OSError as exc:  # a file system without locks: train unlocked
+            fh.close()
+            logger.warning("cannot lock %s (%s); not guarding against a second run", path, exc)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                return fh
+        except FileNotFoundError:
+            pass
+        fh.close()
+    raise TrainingError(
+        f"run folder {output} is in use by another training (it holds {path}); "
+        "wait for it to finish or choose another --output"
+    )
+
+
+def release_run_folder(lock) -> None:
+    """Give back a lock from :func:`claim_run_folder` (None: nothing to do)."""
+    if lock is None:
+        return
+    try:
+        os.unlink(lock.name)
+    except OSError:
+        pass
+    lock.close()
+
+
+def claim_run_folder(output: Path, *, resume: bool, overwrite: bool):
+    """Make ``output`` ready for a run, so that two runs never mix in one folder.
+
+    Takes the folder's lock (returned: give it to :func:`release_run_folder`), removes stale
+    ``.*.tmp`` files of crashed writes, and checks the folder: a fresh run needs an empty (or
+    new) folder; ``overwrite`` first deletes the run files :func:`fit` owns (nothing else).
+    """
+    if resume and overwrite:
+        raise TrainingError("--resume continues a run and --overwrite starts over; pass one")
+    if resume and not (output / "last.pt").is_file():
+        raise CheckpointError(
+            f"cannot resume: {output / 'last.pt'} does not exist (wrong --output, or the run "
+            "stopped before its first epoch ended: start over with --overwrite)"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    lock = _lock_run_folder(output)
+    try:
+        _check_run_folder(output, resume=resume, overwrite=overwrite)
+    except BaseException:
+        release_run_folder(lock)
+        raise
+    return lock
+
+
+def _check_run_folder(output: Path, *, resume: bool, overwrite: bool) -> None:
+    for stale in output.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    if resume:
+        return
+    present = sorted(p.name for p in output.iterdir() if p.name != LOCK_NAME)
+    owned = set(RUN_FILES) | set(RUN_DIRS) | {p.name for g in RUN_GLOBS for p in output.glob(g)}
+    foreign = [name for name in present if name not in owned]
+    if foreign or (present and not overwrite):
+        shown = ", ".join((foreign or present)[:5]) + (
+            ", ..." if len(foreign or present) > 5 else ""
+        )
+        hint = (
+            "--overwrite deletes only a run's own files; choose another --output"
+            if overwrite
+            else "continue it with --resume, start over with --overwrite, or choose another "
+            "--output"
+        )
+        raise TrainingError(f"run folder {output} is not empty ({shown}): {hint}")
+    for name in present:  # overwrite: only the previous run's own files are left
+        path = output / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if present:
+        logger.info("--overwrite: deleted %s from %s", ", ".join(present), output)
+
+
+def truncate_metrics(path: Path, last_step: int, *, drop_test: bool) -> None:
+    """Keep the events of a resumed run up to its checkpoint (``step <= last_step``).
+
+    A run killed mid-epoch logged steps its checkpoint does not contain; they are logged
+    again after the resume. Unreadable (half-written) lines are dropped too.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+            step = int(event["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if step <= last_step and not (drop_test and event.get("event") == "test"):
+            kept.append(line + "\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.writelines(kept)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
