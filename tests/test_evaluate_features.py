@@ -7,8 +7,8 @@ import pytest
 
 from dclnet.cli import main
 from dclnet.data.sources.synthetic import write_regdb, write_sysu
+from dclnet.data.splits import ProtocolSettings, build_splits, needed_paths
 from dclnet.evaluation.protocols import METRIC_KEYS, save_features_npz
-from dclnet.evaluation.splits import ProtocolSettings, build_splits, needed_paths
 
 
 @pytest.fixture(scope="module")

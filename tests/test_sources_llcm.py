@@ -15,9 +15,9 @@ from _trees import LLCM_CAMS, LLCM_TEST, LLCM_TRAIN, llcm_count, write_llcm_tree
 from dclnet.cli import main
 from dclnet.data.sources import llcm
 from dclnet.data.sources.synthetic import write_llcm
+from dclnet.data.splits import ProtocolSettings, build_splits, needed_paths
 from dclnet.errors import ConfigError, DataError
 from dclnet.evaluation.protocols import save_features_npz
-from dclnet.evaluation.splits import ProtocolSettings, build_splits, needed_paths
 
 TEST_DIR = {"visible": "test_vis", "infrared": "test_nir"}
 

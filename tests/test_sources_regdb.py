@@ -8,8 +8,8 @@ import pytest
 from _trees import REGDB_PER_ID, regdb_split, write_regdb_tree
 
 from dclnet.data.sources import regdb
+from dclnet.data.splits import ProtocolSettings, build_splits, needed_paths
 from dclnet.errors import ConfigError, DataError
-from dclnet.evaluation.splits import ProtocolSettings, build_splits, needed_paths
 
 
 @pytest.fixture

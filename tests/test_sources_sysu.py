@@ -22,8 +22,8 @@ from _trees import (
 )
 
 from dclnet.data.sources import sysu
+from dclnet.data.splits import EvalSplit, ProtocolSettings, build_splits, needed_paths
 from dclnet.errors import ConfigError, DataError
-from dclnet.evaluation.splits import EvalSplit, ProtocolSettings, build_splits, needed_paths
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import torch
 from dclnet.cli import main
 from dclnet.config import load_config
 from dclnet.data.sources.synthetic import write_regdb, write_sysu
+from dclnet.data.splits import ProtocolSettings
 from dclnet.engine.checkpoint import load_checkpoint
 from dclnet.engine.runs import test_checkpoint as run_test_checkpoint
 from dclnet.engine.train import fit
 from dclnet.errors import CheckpointError
-from dclnet.evaluation.splits import ProtocolSettings
 
 TINY = Path(__file__).resolve().parents[1] / "src" / "dclnet" / "configs" / "tiny.yaml"
 

@@ -117,7 +117,7 @@ def resolve_config_path(value: str | None) -> Path | None:
 
 
 def _settings(args: argparse.Namespace):
-    from dclnet.evaluation.splits import ProtocolSettings
+    from dclnet.data.splits import ProtocolSettings
 
     trial = args.trial
     if args.dataset == "regdb" and trial is None:
@@ -143,8 +143,8 @@ def _report(result, json_path: Path | None) -> None:
 
 
 def cmd_evaluate_features(args: argparse.Namespace) -> None:
+    from dclnet.data.splits import build_splits
     from dclnet.evaluation.protocols import evaluate_splits, load_features_npz
-    from dclnet.evaluation.splits import build_splits
 
     if args.dataset == "synthetic":
         raise DclnetError(

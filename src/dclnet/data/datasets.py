@@ -21,8 +21,8 @@ import numpy as np
 
 from dclnet.data.cache import build_cache
 from dclnet.data.records import INFRARED, VISIBLE, ImageSet, Record
+from dclnet.data.splits import EvalSplit, ProtocolSettings, build_splits, needed_paths
 from dclnet.errors import ConfigError, DataError
-from dclnet.evaluation.splits import EvalSplit, ProtocolSettings, build_splits, needed_paths
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,13 @@
-"""torch.distributed helpers (torchrun / DistributedDataParallel).
+"""torchrun / DistributedDataParallel: joining and leaving the process group, wrapping the model.
 
 Launch with ``torchrun --nproc_per_node N -m dclnet train ...`` (docs/distributed.md):
 torchrun sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``
 and :func:`init_from_env` turns them into a process group (NCCL on CUDA, Gloo on CPU).
 
-Everything else here degrades to single-process behaviour when no process group is
-initialised, so the training loop and the evaluation have one code path.
+The rank queries and collectives (``rank``, ``world_size``, ``barrier``,
+``broadcast_buffers``, ``all_reduce_mean``, ``shard_range``, ``all_gather_rows``, ...) live in
+:mod:`dclnet.process_group`, which evaluation imports too; they are re-exported here. All of
+them degrade to single-process behaviour outside a process group.
 """
 
 from __future__ import annotations
@@ -15,24 +17,44 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from dclnet.errors import ConfigError
+from dclnet.process_group import (
+    all_gather_rows,
+    all_reduce_mean,
+    barrier,
+    broadcast_buffers,
+    broadcast_state,
+    collective_device,
+    is_distributed,
+    rank,
+    shard_range,
+    uses_nccl,
+    world_size,
+)
+
+__all__ = [
+    "all_gather_rows",
+    "all_reduce_mean",
+    "barrier",
+    "broadcast_buffers",
+    "broadcast_state",
+    "cleanup",
+    "collective_device",
+    "env_rank",
+    "init_from_env",
+    "is_distributed",
+    "local_device",
+    "local_rank",
+    "rank",
+    "shard_range",
+    "uses_nccl",
+    "world_size",
+    "wrap_model",
+]
 
 logger = logging.getLogger(__name__)
-
-
-def is_distributed() -> bool:
-    """True inside an initialised process group."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
 
 
 def env_rank() -> int:
@@ -84,36 +106,18 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def _uses_nccl() -> bool:
-    return is_distributed() and dist.get_backend() == "nccl"
-
-
-def barrier() -> None:
-    if _uses_nccl():
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    elif is_distributed():
-        dist.barrier()
-
-
 def local_device() -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` with NCCL, else CPU."""
-    if torch.cuda.is_available() and _uses_nccl():
+    if torch.cuda.is_available() and uses_nccl():
         return torch.device("cuda", local_rank())
     return torch.device("cpu")
-
-
-def collective_device() -> torch.device:
-    """Where tensors must live for collectives: the GPU with NCCL, the CPU with Gloo."""
-    return (
-        torch.device("cuda", torch.cuda.current_device()) if _uses_nccl() else torch.device("cpu")
-    )
 
 
 def wrap_model(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
     """DDP-wrap ``model`` in a distributed run (optionally with SyncBatchNorm); else as is.
 
     Parameters that no loss term reaches must be frozen (``requires_grad=False``) before this
-    call (see ``freeze_unused_heads`` in :mod:`dclnet.engine.train`): DDP then ignores them
+    call (see ``freeze_unused`` in :mod:`dclnet.engine.step`): DDP then ignores them
     and ``find_unused_parameters`` (a graph walk every step) is not needed.
 
     With ``sync_bn`` (CUDA only: SyncBatchNorm has no CPU kernel) the BatchNorm layers are
@@ -129,61 +133,3 @@ def wrap_model(model: nn.Module, device: torch.device, *, sync_bn: bool = False)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
-    """Copy ``src``'s buffers (BatchNorm running statistics) to every rank.
-
-    DDP broadcasts buffers at the start of each forward, so after the last step every rank
-    holds the statistics of its own last batch; evaluation first makes them rank 0's (the
-    ones rank 0 checkpoints), so every rank embeds with the same network.
-    """
-    if not is_distributed():
-        return
-    device = collective_device()
-    for buf in model.buffers():
-        moved = buf.data.to(device)
-        dist.broadcast(moved, src)
-        if moved is not buf.data:
-            buf.data.copy_(moved)
-
-
-def all_reduce_mean(values: Tensor) -> Tensor:
-    """Mean of ``values`` over the ranks (the tensor itself outside a process group)."""
-    if not is_distributed():
-        return values
-    out = values.detach().to(collective_device(), dtype=torch.float32, copy=True)
-    dist.all_reduce(out)
-    return (out / world_size()).to(values.device)
-
-
-def shard_range(n: int) -> tuple[int, int, int]:
-    """This rank's contiguous share ``[start, stop)`` of ``n`` items, and the padded share size.
-
-    Rank ``r`` of ``W`` takes ``[r * s, min((r + 1) * s, n))`` with ``s = ceil(n / W)``, so
-    concatenating the shares in rank order gives back ``0..n-1``.
-    """
-    size = -(-n // world_size())
-    start = min(rank() * size, n)
-    return start, min(start + size, n), size
-
-
-def all_gather_rows(local: Tensor, n: int) -> Tensor:
-    """Concatenate every rank's :func:`shard_range` rows into the full ``n x ...`` tensor.
-
-    Args:
-        local: This rank's rows (``stop - start`` of them).
-        n: Total number of rows.
-
-    Returns:
-        ``n x ...`` on ``local``'s device, in rank order; ``local`` itself outside a group.
-    """
-    if not is_distributed():
-        return local
-    _, _, size = shard_range(n)
-    device = collective_device()
-    padded = local.new_zeros((size, *local.shape[1:]), device=device)
-    padded[: local.shape[0]] = local.to(device)
-    parts = [torch.empty_like(padded) for _ in range(world_size())]
-    dist.all_gather(parts, padded)
-    return torch.cat(parts)[:n].to(local.device)

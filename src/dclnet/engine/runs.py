@@ -14,13 +14,13 @@ import torch
 
 from dclnet.config import Config, load_config, to_dict
 from dclnet.data.datasets import load_eval_data
+from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint
 from dclnet.engine.train import fit, resolve_device
 from dclnet.errors import CheckpointError, ConfigError, DclnetError
 from dclnet.evaluation.protocols import METRIC_KEYS, ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
-from dclnet.evaluation.splits import ProtocolSettings
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dclnet import process_group
 from dclnet.data.augment import test_transform
 from dclnet.data.records import MODALITIES
-from dclnet.engine import distributed as dist_utils
 
 
 def _embed_rows(
@@ -74,7 +74,7 @@ def extract_features(
         sharded: In an initialised process group, embed only this rank's contiguous share of
             the images and all-gather the shares, so every rank returns all ``N`` rows (every
             rank must call). The model must be identical on all ranks, buffers included (see
-            :func:`dclnet.engine.distributed.broadcast_buffers`). No effect outside a group.
+            :func:`dclnet.process_group.broadcast_buffers`). No effect outside a group.
 
     Returns:
         ``N x D`` float32 L2-normalised embeddings on the CPU, in input order.
@@ -84,7 +84,7 @@ def extract_features(
     n = len(mods)
     if n == 0:
         raise ValueError("no images to embed")
-    start, stop, _ = dist_utils.shard_range(n) if sharded else (0, n, n)
+    start, stop, _ = process_group.shard_range(n) if sharded else (0, n, n)
     rows = np.arange(start, stop)
     was_training = model.training
     model.eval()
@@ -98,4 +98,4 @@ def extract_features(
     finally:
         bar.close()
         model.train(was_training)
-    return dist_utils.all_gather_rows(local, n) if sharded else local
+    return process_group.all_gather_rows(local, n) if sharded else local

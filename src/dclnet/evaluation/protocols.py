@@ -2,7 +2,7 @@
 
 This is the single code path behind ``dclnet evaluate-features`` and ``dclnet test``: both
 hand it one feature row per image path and the splits of
-:func:`dclnet.evaluation.splits.build_splits`.
+:func:`dclnet.data.splits.build_splits`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dclnet.data.splits import EvalSplit
 from dclnet.errors import DataError
 from dclnet.evaluation.metrics import evaluate_ranking
-from dclnet.evaluation.splits import EvalSplit
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
