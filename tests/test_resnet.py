@@ -14,6 +14,7 @@ from dclnet.models.resnet import (
     RandomInitWarning,
     ResNetStages,
     build_resnet,
+    check_pretrained,
     load_pretrained,
     stage_of_key,
 )
@@ -127,11 +128,25 @@ def test_load_local_file_strict(tmp_path):
 
 
 def test_load_file_without_num_batches_tracked(tmp_path):
-    state = {
-        k: v for k, v in build_resnet("resnet18").state_dict().items() if "num_batches" not in k
-    }
+    # Older torchvision files lack the BatchNorm counters: every other tensor still loads,
+    # and the counters keep the target's own values instead of failing the strict check.
+    source = build_resnet("resnet18")
+    with torch.no_grad():
+        for t in source.state_dict().values():
+            if t.is_floating_point():
+                t.uniform_(0.5, 1.5)
+    state = {k: v for k, v in source.state_dict().items() if "num_batches" not in k}
+    assert len(state) < len(source.state_dict())  # the file really lacks the counters
     torch.save(state, tmp_path / "old.pth")
-    load_pretrained(build_resnet("resnet18"), str(tmp_path / "old.pth"), "resnet18")
+    target = build_resnet("resnet18")
+    target.bn1.num_batches_tracked.fill_(7)
+    loaded = load_pretrained(target, str(tmp_path / "old.pth"), "resnet18")
+    assert loaded is target
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(target.state_dict()[key], value), key
+    assert not torch.equal(target.fc.weight, source.fc.weight)  # fc is never loaded
+    assert target.bn1.num_batches_tracked.item() == 7
 
 
 def test_mismatched_file_gives_one_line_error(tmp_path):
@@ -188,6 +203,7 @@ def test_imagenet_offline_error(monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert IMAGENET_URLS["resnet50"] in message and "pass its path" in message
+    assert "model.pretrained=PATH" in message  # the config key that takes the file
 
 
 def test_no_warning_when_weights_given(tmp_path):
@@ -197,3 +213,26 @@ def test_no_warning_when_weights_given(tmp_path):
         warnings.simplefilter("error")
         model = load_pretrained(build_resnet("resnet18"), path, "resnet18")
     assert torch.equal(model.layer4[1].bn2.running_var, torch.ones(512))
+
+
+def test_check_pretrained_fails_like_loading_would(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="not found"):
+        check_pretrained(tmp_path / "nope.pth", "resnet18")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        check_pretrained(bad, "resnet18")
+
+    def offline(url, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CheckpointError, match=r"model\.pretrained=PATH"):
+        check_pretrained("imagenet", "resnet18")
+    good = tmp_path / "good.pth"
+    torch.save(build_resnet("resnet18").state_dict(), good)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither a file nor random init warns here
+        assert check_pretrained(good, "resnet18") is None
+        assert check_pretrained(None, "resnet18") is None
+        assert check_pretrained("none", "resnet18") is None

@@ -280,6 +280,22 @@ def pretrained_state_dict(weights: str | Path | None, arch: str) -> dict[str, Te
     return _drop_fc(_unwrap_state_dict(obj, str(path)))
 
 
+def check_pretrained(weights: str | Path | None, arch: str) -> None:
+    """Raise now the error that loading ``weights`` would raise later, if any.
+
+    For a training run to fail on a missing or unreadable weights file, or on ImageNet
+    weights that cannot be downloaded, before it spends minutes rendering or caching data.
+    A download lands in the torch hub cache, so the later load reads it from disk. Random
+    initialisation (``None`` / ``"none"``) passes without the warning it gets when loaded.
+
+    Raises:
+        CheckpointError: As :func:`pretrained_state_dict`.
+    """
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return
+    pretrained_state_dict(weights, arch)
+
+
 def _download_imagenet(arch: str) -> dict[str, Tensor]:
     if arch not in IMAGENET_URLS:
         raise ConfigError(f"no ImageNet weights for {arch!r}; valid: {', '.join(IMAGENET_URLS)}")
@@ -291,7 +307,7 @@ def _download_imagenet(arch: str) -> dict[str, Tensor]:
     except Exception as exc:  # offline, proxy, hash: all need the same fix
         raise CheckpointError(
             f"could not fetch ImageNet {arch} weights from {url} ({_one_line(exc)}); download "
-            f"that file and pass its path as the pretrained weights instead of 'imagenet'"
+            f"that file and pass its path instead of 'imagenet' (model.pretrained=PATH)"
         ) from exc
 
 
