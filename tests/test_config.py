@@ -73,10 +73,53 @@ def test_parse_override_yaml_values():
     assert parse_override("model.pretrained=null") == {"model": {"pretrained": None}}
 
 
-@pytest.mark.parametrize("name", ["demo", "study", "tiny", "sysu", "regdb", "llcm"])
-def test_bundled_recipes_load(name):
+def test_every_bundled_recipe_is_tested():
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == sorted(
+        [*PAPER_RECIPES, "demo", "study", "tiny"]
+    )
+
+
+# The paper recipe as docs/method.md §1, §3 and §8 state it.
+PAPER_RECIPES = {"sysu": "sysu", "regdb": "fraction", "llcm": "fraction"}
+
+
+@pytest.mark.parametrize(("name", "validation"), sorted(PAPER_RECIPES.items()))
+def test_paper_recipes_follow_method_md(name, validation):
     cfg = load_config(CONFIG_DIR / f"{name}.yaml")
-    assert isinstance(cfg, Config)
+    assert cfg.data.dataset == name
+    assert (cfg.model.arch, cfg.model.pretrained, cfg.model.split) == ("resnet50", "imagenet", 2)
+    assert cfg.model.layer3_stride == 2  # final map 18 x 9 for 288 x 144
+    assert (cfg.data.height, cfg.data.width) == (288, 144)  # §1 input size
+    assert (cfg.data.num_ids, cfg.data.num_instances) == (8, 4)  # §1: 2PK = 64 images a step
+    o = cfg.optim
+    assert (o.optimizer, o.lr, o.backbone_lr_mult, o.weight_decay) == ("adam", 3.5e-3, 0.1, 5e-4)
+    assert (o.epochs, o.warmup_epochs, o.milestones, o.gamma) == (40, 5, (15, 27), 0.1)
+    assert cfg.loss.preset is None and cfg.loss.srm and cfg.loss.dcl_masks == "pap"
+    assert (cfg.loss.tau, cfg.loss.metric_loss) == (0.05, "center_cluster")
+    assert cfg.train.amp == "auto"  # mixed precision where supported
+    assert cfg.train.validation == validation  # best.pt from held-out training ids only
+    assert cfg.eval.trials == 10
+
+
+@pytest.mark.parametrize("name", ["demo", "study"])
+def test_cpu_recipes_match_their_headers(name):
+    # "ResNet-18 at 96 x 48 ... model.pretrained=synthetic" (the YAML files' own comments)
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    assert cfg.data.dataset == "synthetic"
+    assert (cfg.model.arch, cfg.model.pretrained) == ("resnet18", "synthetic")
+    assert (cfg.data.height, cfg.data.width) == (96, 48)
+    assert cfg.train.amp == "off"  # CPU: no autocast
+    assert max(cfg.optim.milestones) < cfg.optim.epochs  # every decay step happens
+    if name == "study":
+        assert cfg.optim.epochs == 12 and cfg.loss.preset is None  # presets come per run
+
+
+def test_tiny_recipe_is_a_smoke_test():
+    cfg = load_config(CONFIG_DIR / "tiny.yaml")
+    assert (cfg.model.arch, cfg.model.pretrained) == ("resnet18", None)  # nothing downloaded
+    assert (cfg.data.height, cfg.data.width) == (64, 32)
+    assert cfg.data.synthetic_ids == 16 and cfg.optim.epochs == 2 and cfg.eval.trials == 2
+    assert cfg.train.amp == "off"
 
 
 def test_bare_off_is_the_off_choice_not_a_bool():
