@@ -125,10 +125,33 @@ def test_split_points(split, low_shape):
     assert out.low_map.shape == (4, *low_shape)
     assert out.pixel_logits.shape == (4, 8, *low_shape[1:])
     assert out.final_map.shape == (4, 512, 4, 2)
-    keys = model.state_dict().keys()
-    assert f"visible.layer{split - 1}.0.conv1.weight" in keys or split == 1
-    assert f"infrared.layer{split}.0.conv1.weight" not in keys
-    assert f"shared.layer{split}.0.conv1.weight" in keys
+    # stages 0..split-1 (stem = conv1/bn1, then layer1..) are per modality, the rest shared
+    modules = {".".join(k.split(".")[:2]) for k in model.state_dict()}
+    streams = {m for m in modules if m.startswith(("visible.", "infrared.", "shared."))}
+    specific = ["conv1", "bn1", *(f"layer{k}" for k in range(1, split))]
+    assert streams == {f"{s}.{n}" for s in ("visible", "infrared") for n in specific} | {
+        f"shared.layer{k}" for k in range(split, 5)
+    }
+    # Behaviour: the last modality-specific stage changes Z of its own modality only; the
+    # first shared stage changes the final map of both and Z of neither.
+    last_specific = "conv1" if split == 1 else f"layer{split - 1}"
+    vis, ir = images(2), images(2, 1)
+    model.eval()
+    with torch.no_grad():
+        before = model(visible=vis, infrared=ir)
+        getattr(model.visible, last_specific).apply(_scale_convs)
+        mid = model(visible=vis, infrared=ir)
+        getattr(model.shared, f"layer{split}").apply(_scale_convs)
+        after = model(visible=vis, infrared=ir)
+    assert not torch.allclose(mid.low_map[:2], before.low_map[:2])
+    assert torch.equal(mid.low_map[2:], before.low_map[2:])
+    assert torch.equal(after.low_map, mid.low_map)
+    assert not torch.allclose(after.final_map[2:], mid.final_map[2:])
+
+
+def _scale_convs(module: torch.nn.Module) -> None:
+    if isinstance(module, torch.nn.Conv2d):
+        module.weight.mul_(1.5)
 
 
 def test_bad_arguments():
