@@ -12,15 +12,8 @@ from _inference_fixtures import make_checkpoint, run_cli, write_sysu_images, wri
 
 from dclnet.errors import DataError, DclnetError
 from dclnet.inference.api import Embedder
-from dclnet.inference.index import (
-    build_index,
-    list_images,
-    load_index,
-    save_index,
-    search,
-    topk_search,
-    write_index,
-)
+from dclnet.inference.index import list_images, load_index, save_index, search, topk_search
+from dclnet.inference.indexing import build_index, write_index
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -165,8 +158,8 @@ def test_saved_index_is_reused_without_reembedding(world, tmp_path, monkeypatch)
         raise AssertionError("the gallery must not be embedded again")
 
     monkeypatch.setattr(Embedder, "embed_paths_streaming", recording)
-    monkeypatch.setattr("dclnet.inference.index.build_index", refuse)
-    monkeypatch.setattr("dclnet.inference.index.write_index", refuse)
+    monkeypatch.setattr("dclnet.inference.indexing.build_index", refuse)
+    monkeypatch.setattr("dclnet.inference.indexing.write_index", refuse)
     outputs = []
     for n in range(2):
         out = tmp_path / f"r{n}.json"

@@ -36,35 +36,72 @@ def _embedder(args: argparse.Namespace):
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    from dclnet.inference.index import write_index
+    if args.append:
+        _cmd_append(args)
+        return
+    from dclnet.inference.indexing import write_index
 
+    for flag, value in (("--modality", args.modality), ("--images", args.images)):
+        if value is None:
+            raise DclnetError(f"dclnet index needs {flag} (unless --append adds to an index)")
     embedder = _embedder(args)
     index = write_index(
         embedder,
         args.images,
         args.modality,
         args.output,
+        backend=args.backend or "exact",
+        factory=args.faiss,
+        train_size=args.train_size,
         batch_size=args.batch_size,
         flip=args.flip,
         workers=args.workers,
         skip_corrupt=args.skip_corrupt,
         progress=not args.no_progress,
     )
+    backend = "exact"
+    if index.backend == "faiss":
+        faiss = index.info["faiss"]
+        backend = f"faiss {faiss['factory']}, trained on {faiss['trained_on']}"
     print(
         f"indexed {len(index)} {index.modality} images below {index.root} "
-        f"({index.embeddings.shape[1]}-d, model {index.identity[:12]}) -> {args.output}"
+        f"({index.embed_dim}-d, model {index.identity[:12]}, {backend}) -> {args.output}"
+    )
+
+
+def _cmd_append(args: argparse.Namespace) -> None:
+    from dclnet.inference.indexing import append_index
+
+    for flag, value in (("--backend", args.backend), ("--faiss", args.faiss)):
+        if value is not None:
+            raise DclnetError(f"--append keeps the index's backend; drop {flag}")
+    if args.flip or args.train_size is not None:
+        raise DclnetError("--append keeps the index's settings; drop --flip / --train-size")
+    index, added = append_index(
+        _embedder(args),
+        args.output,
+        args.images,
+        modality=args.modality,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        progress=not args.no_progress,
+    )
+    print(
+        f"appended {added} new {index.modality} images below {args.images or index.root} "
+        f"({index.backend}) -> {args.output} now holds {len(index)}"
     )
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     from dclnet.inference.index import (
-        build_index,
         expand_inputs,
         format_results,
         load_index,
         search,
         write_results,
     )
+    from dclnet.inference.indexing import build_index
 
     if (args.index is None) == (args.gallery is None):
         raise DclnetError("give exactly one of --index INDEX (saved) or --gallery DIR (on the fly)")
@@ -74,6 +111,8 @@ def cmd_search(args: argparse.Namespace) -> None:
         index = load_index(args.index)
         index.check_model(embedder, where=f"index {args.index}")
     else:
+        if args.nprobe is not None or args.ef_search is not None:
+            raise DclnetError("--nprobe / --ef-search apply to a FAISS --index, not --gallery")
         index = build_index(
             embedder,
             args.gallery,
@@ -93,10 +132,12 @@ def cmd_search(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         workers=args.workers,
         chunk_size=args.chunk_size,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
     )
     print(
         f"{len(results)} {args.query_modality} queries against {len(index)} {index.modality} "
-        f"images below {index.root}, top {min(args.topk, len(index))} each:"
+        f"images below {index.root} ({index.backend}), top {min(args.topk, len(index))} each:"
     )
     print(format_results(results))
     write_results(results, index.root, json_path=args.json, csv_path=args.csv)
@@ -108,10 +149,25 @@ def cmd_search(args: argparse.Namespace) -> None:
 def _register_index(sub) -> None:
     p = sub.add_parser("index", help="embed a gallery folder once and save it as a search index")
     _add_model_args(p)
-    p.add_argument("--modality", required=True, choices=MODALITIES, help="gallery modality")
-    p.add_argument("--images", type=Path, required=True, help="folder, searched recursively")
+    p.add_argument("--modality", choices=MODALITIES, help="gallery modality")
+    p.add_argument("--images", type=Path, help="folder, searched recursively")
     p.add_argument("--output", type=Path, required=True, help="index directory to write")
     p.add_argument("--flip", action="store_true", help="flip-averaged embeddings")
+    p.add_argument(
+        "--backend", choices=("exact", "faiss"), help="exact (default) or faiss (approximate)"
+    )
+    p.add_argument(
+        "--faiss",
+        metavar="STRING",
+        help='FAISS index string for --backend faiss, e.g. "IVF1024,SQ8" (default), "HNSW32", '
+        '"IVF4096,PQ64", "Flat"',
+    )
+    p.add_argument("--train-size", type=int, help="FAISS: gallery vectors sampled for training")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add the images below --images (default: the index's root) that --output lacks",
+    )
     _add_embed_args(p)
     p.set_defaults(func=cmd_index)
 
@@ -127,6 +183,8 @@ def _register_search(sub) -> None:
     p.add_argument("--query-modality", default="infrared", choices=MODALITIES)
     p.add_argument("--topk", type=int, default=10, help="results per query")
     p.add_argument("--chunk-size", type=int, default=8192, help="gallery rows scored at once")
+    p.add_argument("--nprobe", type=int, help="FAISS IVF index: lists visited per query")
+    p.add_argument("--ef-search", type=int, help="FAISS HNSW index: candidate list size")
     p.add_argument("--json", type=Path, help="write results as JSON here")
     p.add_argument("--csv", type=Path, help="write results as CSV (query,rank,path,score)")
     _add_embed_args(p)

@@ -1,15 +1,19 @@
 """A saved gallery of embeddings, and top-k cross-modality search over it.
 
-An index is a directory, written atomically::
+An index is a directory, written atomically, with one of two backends::
 
-    INDEX/embeddings.npy   G x D float32, row g is the image paths[g]
-    INDEX/meta.json        format, gallery root, relative paths ('/' separators), modality,
-                           flip, preprocessing, checkpoint path and identity
+    INDEX/meta.json        format, backend, gallery root, relative paths ('/' separators),
+                           modality, flip, preprocessing, checkpoint path and identity
+    INDEX/embeddings.npy   exact backend: G x D float32, row g is the image paths[g]
+    INDEX/index.faiss      faiss backend: a FAISS index whose id g is the image paths[g]
 
 The checkpoint identity (:func:`dclnet.inference.api.checkpoint_identity`) is a hash of the
-model's weights: a search with another model is refused, since its embeddings live in a
-different space. Search never builds a ``Q x G`` matrix: the gallery is read (memory-mapped)
-in chunks, and each chunk's ranking is merged into a running top-k.
+model's weights: a search with another model, or adding another model's embeddings, is
+refused, since its embeddings live in a different space. The exact backend never builds a
+``Q x G`` matrix (:func:`~dclnet.inference.topk.topk_search` reads the gallery, memory-mapped,
+in chunks). The faiss backend (:mod:`dclnet.inference.faiss_index`, an optional extra)
+answers approximately, from compressed codes or a graph. Galleries are embedded into index
+folders by :mod:`dclnet.inference.indexing`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +33,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from dclnet.data.records import check_modality
+from dclnet.data.records import MODALITIES, check_modality
 from dclnet.errors import DataError, DclnetError
+from dclnet.inference import faiss_index
 from dclnet.inference.api import Embedder
+from dclnet.inference.topk import NonFiniteError, check_finite_queries, topk_search
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 INDEX_FORMAT = "dclnet-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2 added "backend" (exact | faiss); version 1 folders are exact
+BACKENDS = ("exact", "faiss")
+COPY_ROWS = 16_384  # rows copied at once (128 MB at 2048-d)
+
+__all__ = ["topk_search"]  # re-exported: the pure ranking behind GalleryIndex.topk
 
 
 def list_images(root: str | Path) -> list[str]:
@@ -82,33 +91,54 @@ class GalleryIndex:
     """Gallery embeddings with what is needed to interpret and trust them.
 
     Attributes:
-        embeddings: ``G x D`` float32 L2-normalised (possibly a read-only memmap).
+        embeddings: Exact backend: ``G x D`` float32 L2-normalised (possibly a read-only
+            memmap). ``None`` when a FAISS index holds the vectors.
         paths: ``G`` image paths relative to ``root``, '/' separators.
         root: Gallery folder.
         modality: Modality the gallery was embedded as.
         identity: Checkpoint identity of the model that embedded it.
         flip: Whether flip-averaged embeddings were used (queries should match).
-        info: Further provenance (checkpoint path, preprocessing).
+        info: Further provenance (checkpoint path, preprocessing; ``faiss``: the factory
+            string, training sample and saved search parameters).
+        ann: FAISS backend: the ``faiss.Index`` whose id ``g`` is ``paths[g]``.
+        location: The folder the index was loaded from (for messages), or ``""``.
     """
 
-    embeddings: np.ndarray
+    embeddings: np.ndarray | None
     paths: list[str]
     root: str
     modality: str
     identity: str
     flip: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    ann: Any = None
+    location: str = ""
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def backend(self) -> str:
+        """``"faiss"`` when a FAISS index holds the vectors, else ``"exact"``."""
+        return "exact" if self.ann is None else "faiss"
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the size of an embedding."""
+        return int(self.embeddings.shape[1] if self.ann is None else self.ann.d)
+
+    @property
+    def name(self) -> str:
+        return f"index {self.location}" if self.location else "the index"
+
     def meta_json(self) -> dict[str, Any]:
-        """The JSON side of the index (everything except the embeddings)."""
+        """The JSON side of the index (everything except the vectors)."""
         return {
             "format": INDEX_FORMAT,
             "format_version": INDEX_VERSION,
+            "backend": self.backend,
             "count": len(self.paths),
-            "embed_dim": int(self.embeddings.shape[1]),
+            "embed_dim": self.embed_dim,
             "root": self.root,
             "modality": self.modality,
             "flip": self.flip,
@@ -117,144 +147,98 @@ class GalleryIndex:
             "paths": self.paths,
         }
 
-    def check_model(self, embedder: Embedder, where: str = "the index") -> None:
+    def check_model(self, embedder: Embedder, where: str | None = None) -> None:
         """Refuse a model other than the one that embedded the gallery (one-line error)."""
+        where = where or self.name
         if embedder.identity != self.identity:
             built = self.info.get("checkpoint", "another checkpoint")
             raise DclnetError(
                 f"{where} was built with {built} (model {self.identity[:12]}), but "
                 f"{embedder.checkpoint or 'this embedder'} is a different model "
                 f"({embedder.identity[:12]}); rebuild the index with this checkpoint "
-                "(dclnet index) or search with the checkpoint that built it"
+                "(dclnet index) or use the checkpoint that built it"
+            )
+        if embedder.embed_dim != self.embed_dim:
+            raise DataError(
+                f"{where} holds {self.embed_dim}-d embeddings but {embedder.checkpoint} embeds "
+                f"{embedder.embed_dim}-d; rebuild the index (dclnet index)"
             )
 
+    def topk(
+        self,
+        queries: Tensor,
+        k: int,
+        *,
+        chunk_size: int = 8192,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The ``k`` best gallery rows per query with this index's backend.
 
-def _embed_gallery(
-    embedder: Embedder,
-    root: str | Path,
-    modality: str,
-    allocate: Callable[[int, int], np.ndarray],
-    *,
-    batch_size: int,
-    flip: bool,
-    workers: int,
-    skip_corrupt: bool,
-    progress: bool,
-) -> GalleryIndex:
-    """Embed the images below ``root`` into ``allocate(G, D)``, filling it from the top.
+        Args:
+            queries: ``Q x D`` L2-normalised embeddings.
+            k: Results per query (capped at ``G``).
+            chunk_size: Exact backend: gallery rows scored at once.
+            nprobe: FAISS IVF indexes: lists visited per query (default: saved in the index).
+            ef_search: FAISS HNSW indexes: candidate list size (default: saved in the index).
 
-    Undecodable files skipped with ``skip_corrupt`` leave the last rows unused.
-    """
-    check_modality(modality)
-    root = Path(root)
-    rel = list_images(root)
-    rows = allocate(len(rel), embedder.embed_dim)
-    rel_of = {str(root / r): r for r in rel}
-    kept: list[str] = []
-    bar = tqdm(total=len(rel), desc=f"embedding {modality}", unit="img", disable=not progress)
-    try:
-        files = [root / r for r in rel]
-        stream = embedder.embed_paths_streaming(
-            files, modality, batch_size, flip=flip, workers=workers, skip_corrupt=skip_corrupt
+        Returns:
+            ``Q x k`` float32 scores and int64 gallery rows, best first; the faiss backend
+            marks rows it did not find with ``-1``.
+
+        Raises:
+            DataError: A query, a gallery vector or a similarity is NaN or infinite.
+        """
+        try:
+            if self.ann is None:
+                if nprobe is not None or ef_search is not None:
+                    raise DclnetError(
+                        f"--nprobe / --ef-search apply to FAISS indexes; {self.name} is exact"
+                    )
+                return topk_search(queries, self.embeddings, k, chunk_size=chunk_size)
+            return self._faiss_topk(queries, k, nprobe, ef_search)
+        except NonFiniteError as exc:
+            if exc.gallery_row is None:
+                raise
+            row = exc.gallery_row
+            raise DataError(
+                f"{self.name}: the vector of {self.paths[row]} (row {row}) {exc.what}; "
+                "rebuild the index (dclnet index)"
+            ) from None
+
+    def _faiss_topk(
+        self, queries: Tensor, k: int, nprobe: int | None, ef_search: int | None
+    ) -> tuple[Tensor, Tensor]:
+        check_finite_queries(queries)
+        saved = self.info.get("faiss", {})
+        faiss_index.set_search_params(
+            self.ann,
+            nprobe if nprobe is not None else saved.get("nprobe"),
+            ef_search if ef_search is not None else saved.get("efSearch"),
         )
-        for chunk, emb in stream:
-            rows[len(kept) : len(kept) + len(chunk)] = emb.numpy()
-            kept.extend(rel_of[str(p)] for p in chunk)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-    if not kept:
-        raise DataError(f"{root}: no image could be decoded")
-    if len(kept) < len(rel):
-        logger.warning("%s: skipped %d undecodable images", root, len(rel) - len(kept))
-    info = {"checkpoint": embedder.checkpoint, "preprocessing": embedder.preprocessing.as_dict()}
-    return GalleryIndex(rows, kept, str(root.resolve()), modality, embedder.identity, flip, info)
-
-
-def build_index(
-    embedder: Embedder,
-    root: str | Path,
-    modality: str,
-    *,
-    batch_size: int = 64,
-    flip: bool = False,
-    workers: int = 0,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-) -> GalleryIndex:
-    """Embed every image below ``root`` into an in-memory index (see :func:`write_index`)."""
-    index = _embed_gallery(
-        embedder,
-        root,
-        modality,
-        lambda n, d: np.empty((n, d), dtype=np.float32),
-        batch_size=batch_size,
-        flip=flip,
-        workers=workers,
-        skip_corrupt=skip_corrupt,
-        progress=progress,
-    )
-    index.embeddings = index.embeddings[: len(index)]  # undecodable files leave unused rows
-    return index
-
-
-def write_index(
-    embedder: Embedder,
-    root: str | Path,
-    modality: str,
-    output: str | Path,
-    *,
-    batch_size: int = 64,
-    flip: bool = False,
-    workers: int = 0,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-) -> GalleryIndex:
-    """Embed every image below ``root`` straight into an index directory ``output``.
-
-    Embeddings go to a memory-mapped file as they are computed, so neither the images nor
-    the embeddings of a large gallery are held in memory. ``output`` appears complete or not
-    at all; an existing index there is replaced, any other existing path is refused.
-
-    Returns:
-        The written index, loaded memory-mapped.
-    """
-    with _atomic_index_dir(output) as tmp:
-        npy = tmp / "embeddings.npy"
-        index = _embed_gallery(
-            embedder,
-            root,
-            modality,
-            lambda n, d: np.lib.format.open_memmap(npy, "w+", np.float32, (n, d)),
-            batch_size=batch_size,
-            flip=flip,
-            workers=workers,
-            skip_corrupt=skip_corrupt,
-            progress=progress,
-        )
-        meta = index.meta_json()
-        rows = index.embeddings
-        del index
-        rows.flush()
-        if meta["count"] < rows.shape[0]:  # undecodable files were skipped
-            _truncate_rows(rows, meta["count"], npy)
-        del rows  # close the memmap before the folder is moved
-        _write_json_fsync(tmp / "meta.json", meta)
-    return load_index(output)
+        q = queries.detach().float().cpu().numpy()  # Q x D
+        scores, ids = self.ann.search(np.ascontiguousarray(q), min(k, len(self)))
+        bad = np.argwhere((ids >= 0) & ~np.isfinite(scores))
+        if len(bad):
+            raise NonFiniteError("has NaN or inf similarities", int(ids[tuple(bad[0])]))
+        return torch.from_numpy(scores), torch.from_numpy(ids.astype(np.int64))
 
 
 def save_index(index: GalleryIndex, output: str | Path) -> None:
     """Write an in-memory index to the directory ``output`` (atomically, like write_index)."""
-    with _atomic_index_dir(output) as tmp:
-        with open(tmp / "embeddings.npy", "wb") as fh:
-            np.save(fh, np.ascontiguousarray(index.embeddings, dtype=np.float32))
-            fh.flush()
-            os.fsync(fh.fileno())
-        _write_json_fsync(tmp / "meta.json", index.meta_json())
+    with atomic_index_dir(output) as tmp:
+        if index.ann is None:
+            with open(tmp / "embeddings.npy", "wb") as fh:
+                np.save(fh, np.ascontiguousarray(index.embeddings, dtype=np.float32))
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            faiss_index.save(index.ann, tmp / faiss_index.FAISS_FILE)
+        write_json_fsync(tmp / "meta.json", index.meta_json())
 
 
 @contextmanager
-def _atomic_index_dir(output: str | Path) -> Iterator[Path]:
+def atomic_index_dir(output: str | Path) -> Iterator[Path]:
     """A temporary folder next to ``output`` that replaces it when the block succeeds."""
     output = Path(output)
     if output.exists() and not (output / "meta.json").is_file():
@@ -277,113 +261,129 @@ def _atomic_index_dir(output: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def load_index(path: str | Path, mmap: bool = True) -> GalleryIndex:
-    """Read an index directory (embeddings memory-mapped unless ``mmap=False``).
+# -- reading ---------------------------------------------------------------------------------
 
-    Raises:
-        DataError: Not an index, or its files disagree.
-    """
-    path = Path(path)
+# key -> (type, description) of what meta.json must hold; "count", "flip" and "backend" are
+# optional (version 1 folders lack "backend").
+_META_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "format_version": (int, "an integer"),
+    "root": (str, "a string"),
+    "modality": (str, "a string"),
+    "checkpoint_identity": (str, "a string"),
+    "embed_dim": (int, "an integer"),
+    "paths": (list, "a list of strings"),
+}
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``path/meta.json``, checked key by key (one-line errors naming the file and the fix)."""
     meta_path = path / "meta.json"
-    if not meta_path.is_file() or not (path / "embeddings.npy").is_file():
-        raise DataError(
-            f"{path} is not a dclnet index (no meta.json/embeddings.npy); build one "
-            "with `dclnet index`"
-        )
+    fix = "rebuild the index with `dclnet index`"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        embeddings = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the index ({exc}); rebuild it") from None
-    if meta.get("format") != INDEX_FORMAT or meta.get("format_version", 0) > INDEX_VERSION:
-        raise DataError(f"{path}: not a dclnet index of a supported version; rebuild it")
-    paths = meta.get("paths", [])
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(paths):
+        raise DataError(f"{meta_path}: cannot read it ({exc}); {fix}") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        kind = f"a JSON {type(meta).__name__}" if not isinstance(meta, dict) else "another format"
+        raise DataError(f"{meta_path}: not a dclnet index meta file ({kind}); {fix}")
+    for key, (kind, words) in _META_KEYS.items():
+        if key not in meta:
+            raise DataError(f"{meta_path} lacks the key {key!r}; {fix}")
+        value = meta[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DataError(f"{meta_path}: {key!r} must be {words}, not {value!r:.40}; {fix}")
+    if not 1 <= meta["format_version"] <= INDEX_VERSION:
         raise DataError(
-            f"{path}: embeddings.npy has shape {embeddings.shape} but meta.json lists "
-            f"{len(paths)} paths; rebuild the index"
+            f"{meta_path}: index format version {meta['format_version']} is not supported "
+            f"(this dclnet reads 1..{INDEX_VERSION}); {fix}"
         )
-    info = {k: meta[k] for k in ("checkpoint", "preprocessing") if k in meta}
-    return GalleryIndex(
-        embeddings,
-        paths,
+    checks = (
+        (meta["modality"] in MODALITIES, f"'modality' must be one of {', '.join(MODALITIES)}"),
+        (all(isinstance(p, str) for p in meta["paths"]), "'paths' must be a list of strings"),
+        (meta.get("backend", "exact") in BACKENDS, f"'backend' must be one of {BACKENDS}"),
+        (meta.get("count", len(meta["paths"])) == len(meta["paths"]), "'count' != len(paths)"),
+        (isinstance(meta.get("flip", False), bool), "'flip' must be true or false"),
+        (isinstance(meta.get("faiss", {}), dict), "'faiss' must be an object"),
+    )
+    for ok, problem in checks:
+        if not ok:
+            raise DataError(f"{meta_path}: {problem}; {fix}")
+    return meta
+
+
+def load_index(path: str | Path, mmap: bool = True, *, gpu: bool = True) -> GalleryIndex:
+    """Read an index directory; its backend is whatever built it.
+
+    Args:
+        path: Index folder.
+        mmap: Exact backend: memory-map the embeddings (else read them into memory).
+        gpu: FAISS backend: search on the GPU when a GPU build of FAISS sees one.
+
+    Raises:
+        DataError: Not an index, or its files are malformed or disagree.
+    """
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise DataError(
+            f"{path} is not a dclnet index (no meta.json); build one with `dclnet index`"
+        )
+    meta = _read_meta(path)
+    info = {k: meta[k] for k in ("checkpoint", "preprocessing", "faiss") if k in meta}
+    index = GalleryIndex(
+        None,
+        meta["paths"],
         meta["root"],
         meta["modality"],
         meta["checkpoint_identity"],
-        bool(meta.get("flip", False)),
+        meta.get("flip", False),
         info,
+        location=str(path),
     )
+    if meta.get("backend", "exact") == "faiss":
+        ann = faiss_index.load(
+            path / faiss_index.FAISS_FILE, dim=meta["embed_dim"], count=len(index)
+        )
+        index.ann = faiss_index.searchable(ann) if gpu else ann
+    else:
+        index.embeddings = _load_embeddings(path / "embeddings.npy", meta, mmap)
+    return index
 
 
-def _truncate_rows(rows: np.ndarray, n: int, path: Path) -> None:
+def _load_embeddings(npy: Path, meta: dict[str, Any], mmap: bool) -> np.ndarray:
+    try:
+        embeddings = np.load(npy, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{npy}: cannot read the embeddings ({exc}); rebuild the index") from None
+    want = (len(meta["paths"]), meta["embed_dim"])
+    if (
+        not isinstance(embeddings, np.ndarray)
+        or embeddings.shape != want
+        or not np.issubdtype(embeddings.dtype, np.floating)
+    ):
+        raise DataError(
+            f"{npy}: holds {getattr(embeddings, 'dtype', '?')} of shape "
+            f"{getattr(embeddings, 'shape', '?')} but meta.json says {want[0]} paths x "
+            f"{want[1]}-d float32; rebuild the index"
+        )
+    return embeddings
+
+
+def truncate_rows(rows: np.ndarray, n: int, path: Path) -> None:
     """Rewrite the ``.npy`` memmap ``rows`` at ``path`` keeping its first ``n`` rows."""
     short = path.with_name("short.npy")
     out = np.lib.format.open_memmap(short, mode="w+", dtype=rows.dtype, shape=(n, rows.shape[1]))
-    for start in range(0, n, 65536):
-        out[start : start + 65536] = rows[start : min(n, start + 65536)]
+    for start in range(0, n, COPY_ROWS):
+        out[start : start + COPY_ROWS] = rows[start : min(n, start + COPY_ROWS)]
     out.flush()
     del out
     os.replace(short, path)
 
 
-def _write_json_fsync(path: Path, value: Any) -> None:
+def write_json_fsync(path: Path, value: Any) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(value, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-# -- search ---------------------------------------------------------------------------------
-
-
-def topk_search(
-    queries: Tensor,
-    gallery: np.ndarray | Tensor,
-    k: int,
-    *,
-    chunk_size: int = 8192,
-    query_chunk: int = 1024,
-) -> tuple[Tensor, Tensor]:
-    """The ``k`` most similar gallery rows per query, by dot product, best first.
-
-    Equal scores keep gallery order (the lower index first), exactly as a stable sort of the
-    full ``Q x G`` matrix would, but only ``query_chunk x chunk_size`` scores exist at once.
-
-    Args:
-        queries: ``Q x D`` embeddings (their device is used).
-        gallery: ``G x D`` embeddings, a (memory-mapped) array or tensor, read chunk by chunk.
-        k: Results per query (capped at ``G``).
-        chunk_size: Gallery rows scored at once.
-        query_chunk: Queries scored at once.
-
-    Returns:
-        ``Q x k`` float32 scores and ``Q x k`` int64 gallery indices.
-    """
-    num_gallery = gallery.shape[0]
-    if k < 1 or chunk_size < 1 or query_chunk < 1:
-        raise DclnetError(f"top-k and chunk sizes must be >= 1 (got k={k}, chunk={chunk_size})")
-    k = min(k, num_gallery)
-    device = queries.device
-    queries = queries.float()
-    best_s = torch.empty(queries.shape[0], 0, device=device)
-    best_i = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=device)
-    for g0 in range(0, num_gallery, chunk_size):
-        rows = gallery[g0 : g0 + chunk_size]
-        if isinstance(rows, np.ndarray):  # a copy: memmaps are read-only
-            rows = torch.from_numpy(np.array(rows, dtype=np.float32))
-        g = rows.to(device, torch.float32)  # c x D
-        parts_s, parts_i = [], []
-        for q0 in range(0, queries.shape[0], query_chunk):
-            sim = queries[q0 : q0 + query_chunk] @ g.T  # q x c
-            s, i = sim.sort(dim=1, descending=True, stable=True)
-            parts_s.append(s[:, :k])
-            parts_i.append(i[:, :k] + g0)
-        cand_s = torch.cat([best_s, torch.cat(parts_s)], dim=1)  # Q x (k' + k)
-        cand_i = torch.cat([best_i, torch.cat(parts_i)], dim=1)
-        # Earlier chunks come first, so a stable sort keeps ties in gallery order.
-        order = cand_s.sort(dim=1, descending=True, stable=True).indices[:, :k]
-        best_s, best_i = cand_s.gather(1, order), cand_i.gather(1, order)
-    return best_s, best_i
 
 
 @dataclass
@@ -393,7 +393,7 @@ class QueryResult:
     Attributes:
         query: The query image path.
         paths: Gallery paths (relative to the index root), best first.
-        scores: Cosine similarities, best first.
+        scores: Cosine similarities, best first (approximate with a compressed FAISS index).
     """
 
     query: str
@@ -411,13 +411,18 @@ def search(
     batch_size: int = 64,
     workers: int = 0,
     chunk_size: int = 8192,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
 ) -> list[QueryResult]:
     """Embed query files with their modality's branch and rank the index for each.
 
-    Queries are embedded with the index's flip setting, so both sides match.
+    Queries are embedded with the index's flip setting, so both sides match. The index's
+    backend ranks them (:meth:`GalleryIndex.topk`); an approximate backend may return fewer
+    than ``topk`` results for a query.
 
     Raises:
         DclnetError: The index was built by another model.
+        DataError: A query or a gallery vector is NaN or infinite.
     """
     check_modality(query_modality)
     index.check_model(embedder)
@@ -430,10 +435,21 @@ def search(
     )
     names = [str(p) for c, _ in chunks for p in c]
     emb = torch.cat([e for _, e in chunks]).to(embedder.device)
-    scores, indices = topk_search(emb, index.embeddings, topk, chunk_size=chunk_size)
+    finite = torch.isfinite(emb).all(dim=1)
+    if not finite.all():
+        bad = names[int((~finite).nonzero()[0])]
+        raise DataError(
+            f"query {bad}: its embedding by {embedder.checkpoint or 'the model'} is NaN or "
+            "infinite; the checkpoint (or the image) is broken"
+        )
+    scores, indices = index.topk(
+        emb, topk, chunk_size=chunk_size, nprobe=nprobe, ef_search=ef_search
+    )
     scores, indices = scores.cpu().tolist(), indices.cpu().tolist()
     return [
-        QueryResult(q, [index.paths[g] for g in row], s)
+        QueryResult(
+            q, [index.paths[g] for g in row if g >= 0], [v for v, g in zip(s, row) if g >= 0]
+        )
         for q, row, s in zip(names, indices, scores)
     ]
 

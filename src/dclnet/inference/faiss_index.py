@@ -1,0 +1,266 @@
+"""The FAISS backend of the gallery index: approximate nearest neighbours (optional extra).
+
+A FAISS index folder holds ``meta.json`` (as an exact index) and ``index.faiss`` instead of
+``embeddings.npy``. Vectors are L2-normalised embeddings compared by inner product
+(``METRIC_INNER_PRODUCT``), so FAISS's scores are the cosine similarities the exact backend
+computes (approximated by the index's encoding, e.g. PQ codes).
+
+FAISS is imported on first use; without it every entry point raises one
+:class:`~dclnet.errors.DclnetError` line saying ``pip install "dclnet[faiss]"``. A GPU build of
+FAISS is used when it sees a GPU (k-means training, search) and is never required.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dclnet.errors import DataError, DclnetError
+
+logger = logging.getLogger(__name__)
+
+FAISS_FILE = "index.faiss"
+INSTALL_HINT = 'pip install "dclnet[faiss]"'
+EXAMPLES = '"Flat", "HNSW32", "IVF1024,SQ8", "IVF4096,PQ64"'
+DEFAULT_FACTORY = "IVF1024,SQ8"
+DEFAULT_NPROBE = 32  # IVF lists visited per query unless --nprobe says otherwise
+DEFAULT_EF_SEARCH = 128  # HNSW candidate list size unless --ef-search says otherwise
+MIN_TRAIN = 65_536  # training sample floor (PQ: 256 centroids per sub-quantizer)
+TRAIN_PER_LIST = 40  # IVF: FAISS warns below 39 training vectors per list
+
+
+def import_faiss() -> Any:
+    """The ``faiss`` module, or a one-line error saying how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise DclnetError(
+            f"the FAISS backend needs the optional faiss package, which is not installed: "
+            f"{INSTALL_HINT} (or use --backend exact)"
+        ) from None
+    return faiss
+
+
+def _reason(exc: Exception) -> str:
+    """FAISS's error text without its C++ location prefix, on one line."""
+    text = " ".join(str(exc).split())
+    return re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", text)
+
+
+def _gpu_count(faiss: Any) -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "index_cpu_to_all_gpus") else 0
+
+
+def new_index(dim: int, factory: str) -> Any:
+    """An empty inner-product FAISS index from a factory string (``"IVF1024,SQ8"``).
+
+    Raises:
+        DclnetError: FAISS is missing, or ``factory`` is not a valid string for ``dim``.
+    """
+    faiss = import_faiss()
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise DclnetError(
+            f"--faiss {factory!r} is not a valid FAISS index string for {dim}-d embeddings "
+            f"({_reason(exc)}); examples: {EXAMPLES}"
+        ) from None
+    set_search_params(index, DEFAULT_NPROBE, DEFAULT_EF_SEARCH, strict=False)
+    return index
+
+
+def default_train_size(index: Any, count: int) -> int:
+    """Rows to train on: 0 for indexes that need no training, else a sample of the gallery."""
+    if index.is_trained:
+        return 0
+    faiss = import_faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    per_lists = TRAIN_PER_LIST * ivf.nlist if ivf is not None else 0
+    return min(count, max(MIN_TRAIN, per_lists))
+
+
+def _sample_rows(rows: np.ndarray, n: int, seed: int, chunk: int) -> np.ndarray:
+    """``n`` distinct rows in ascending order (so a memmap is read front to back)."""
+    picked = np.sort(np.random.default_rng(seed).choice(rows.shape[0], n, replace=False))
+    out = np.empty((n, rows.shape[1]), dtype=np.float32)
+    for s in range(0, n, chunk):
+        out[s : s + chunk] = rows[picked[s : s + chunk]]
+    return out
+
+
+def train(index: Any, rows: np.ndarray, factory: str, *, size: int, seed: int = 0) -> None:
+    """Train ``index``'s codebooks (IVF centroids, PQ/SQ codes) on ``size`` sampled rows."""
+    if index.is_trained:
+        return
+    faiss = import_faiss()
+    sample = _sample_rows(rows, size, seed, 65_536)  # size x D
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and _gpu_count(faiss) > 0:  # k-means on the GPU, codes stay on the CPU
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(index.d))
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        raise DclnetError(
+            f"--faiss {factory!r} cannot be trained on {size} gallery vectors ({_reason(exc)}); "
+            "use fewer IVF lists, a larger gallery, or Flat / HNSW32 (no training)"
+        ) from None
+    if ivf is not None:
+        ivf.clustering_index = None
+
+
+def add(index: Any, rows: np.ndarray, *, chunk: int = 65_536, progress: bool = False) -> None:
+    """Append ``rows`` (``N x D``, any array, e.g. a memmap) chunk by chunk."""
+    bar = tqdm(total=rows.shape[0], desc="adding to FAISS", unit="vec", disable=not progress)
+    with bar:
+        for start in range(0, rows.shape[0], chunk):
+            block = np.ascontiguousarray(rows[start : start + chunk], dtype=np.float32)
+            index.add(block)
+            bar.update(block.shape[0])
+
+
+def build(
+    rows: np.ndarray,
+    factory: str,
+    *,
+    train_size: int | None = None,
+    seed: int = 0,
+    chunk: int = 65_536,
+    progress: bool = False,
+) -> tuple[Any, int]:
+    """A FAISS index over ``rows`` (``N x D``, L2-normalised): trained on a sample, then filled.
+
+    Args:
+        rows: Gallery embeddings; read in ``chunk`` rows at a time, so a memmap stays on disk.
+        factory: FAISS index string, e.g. ``"IVF1024,SQ8"``, ``"HNSW32"``, ``"Flat"``.
+        train_size: Rows sampled for training (default :func:`default_train_size`).
+        seed: Sampling seed.
+        chunk: Rows added at once.
+        progress: Show a progress bar while adding.
+
+    Returns:
+        The index (on the CPU) and the number of rows it was trained on (0: no training).
+    """
+    index = new_index(rows.shape[1], factory)
+    size = default_train_size(index, rows.shape[0]) if train_size is None else train_size
+    if index.is_trained:
+        size = 0
+    elif not 1 <= size <= rows.shape[0]:
+        raise DclnetError(f"--train-size must be in 1..{rows.shape[0]} (got {size})")
+    train(index, rows, factory, size=size, seed=seed)
+    add(index, rows, chunk=chunk, progress=progress)
+    return index, size
+
+
+def build_info(index: Any, factory: str, trained_on: int) -> dict[str, Any]:
+    """What ``meta.json`` records about a FAISS index (``"faiss"`` key)."""
+    faiss = import_faiss()
+    return {
+        "factory": factory,
+        "structure": describe(index),
+        "trained_on": trained_on,
+        "faiss_version": faiss.__version__,
+        **search_params(index),
+    }
+
+
+def set_search_params(
+    index: Any, nprobe: int | None, ef_search: int | None, *, strict: bool = True
+) -> None:
+    """Set IVF ``nprobe`` and/or HNSW ``efSearch`` (``None``: leave as saved).
+
+    Raises:
+        DclnetError: With ``strict``, a parameter the index does not have (nprobe on HNSW).
+    """
+    faiss = import_faiss()
+    space = getattr(faiss, "GpuParameterSpace", faiss.ParameterSpace)()
+    settings = (("nprobe", "--nprobe", nprobe), ("efSearch", "--ef-search", ef_search))
+    for name, flag, value in settings:
+        if value is None:
+            continue
+        if value < 1:
+            raise DclnetError(f"{flag} must be >= 1 (got {value})")
+        try:
+            space.set_index_parameter(index, name, value)
+        except RuntimeError:
+            if strict:
+                kind = "IVF" if name == "nprobe" else "HNSW"
+                raise DclnetError(
+                    f"{flag} applies to {kind} indexes only; this FAISS index is {describe(index)}"
+                ) from None
+
+
+def search_params(index: Any) -> dict[str, int]:
+    """The saved ``nprobe`` / ``efSearch`` of an index (whichever it has)."""
+    faiss = import_faiss()
+    out = {}
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        out["nprobe"] = int(ivf.nprobe)
+    hnsw = _hnsw(index)
+    if hnsw is not None:
+        out["efSearch"] = int(hnsw.hnsw.efSearch)
+    return out
+
+
+def _hnsw(index: Any) -> Any:
+    faiss = import_faiss()
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def describe(index: Any) -> str:
+    """A short name of the index's structure (``IndexIVFScalarQuantizer``)."""
+    faiss = import_faiss()
+    return type(faiss.downcast_index(index)).__name__
+
+
+def searchable(index: Any) -> Any:
+    """``index`` on the GPU when a GPU build of FAISS sees one and supports it, else itself."""
+    faiss = import_faiss()
+    if _gpu_count(faiss) == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError as exc:  # e.g. HNSW has no GPU version
+        logger.info("FAISS index stays on the CPU (%s)", _reason(exc))
+        return index
+
+
+def save(index: Any, path: Path) -> None:
+    """Write ``index`` (a CPU index) to ``path`` and flush it to disk."""
+    faiss = import_faiss()
+    faiss.write_index(index, str(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path: Path, *, dim: int, count: int) -> Any:
+    """Read ``index.faiss`` and check it against the index's ``meta.json``.
+
+    Raises:
+        DataError: Unreadable, or its size, width or metric disagree with the meta.
+    """
+    faiss = import_faiss()
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise DataError(
+            f"{path}: cannot read the FAISS index ({_reason(exc)}); rebuild it"
+        ) from None
+    if index.d != dim or index.ntotal != count or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise DataError(
+            f"{path}: holds {index.ntotal} x {index.d} vectors (metric {index.metric_type}) but "
+            f"meta.json says {count} x {dim} by inner product; rebuild the index"
+        )
+    return index
