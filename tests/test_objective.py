@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import dclnet.losses.objective as objective
 from dclnet.errors import ConfigError
-from dclnet.losses.dense_contrastive import dense_contrastive_loss
-from dclnet.losses.identity import identity_loss
-from dclnet.losses.metric import center_cluster_loss, triplet_loss
 from dclnet.losses.objective import ABLATIONS, LossWeights, dclnet_objective
-from dclnet.losses.parsing import (
-    downsample_erased,
-    pap_loss,
-    parsing_labels,
-    predicted_masks,
-    stripe_masks,
-)
+from dclnet.losses.parsing import downsample_erased, predicted_masks
 from dclnet.losses.rectify import rectify_masks
 from dclnet.models.outputs import DCLNetOutput
 
@@ -49,30 +42,161 @@ def _outputs(seed=0, dtype=torch.float32):
     return out, labels, erased, part_weight
 
 
-def _expected_dcl(out, masks):
-    z = out.low_map
-    return dense_contrastive_loss(z[:N], z[N:], masks[:N], masks[N:])
+# -- a hand-made case, checked against written-out formulas (docs/method.md §4, §6, §7) ----------
+#
+# Two identities A (label 0) and B (label 1); rows 0, 1 visible and rows 2, 3 infrared, so the
+# dense-loss pairs are (0, 2) and (1, 3). Every map is 2 x 2 (cells in row-major order), two
+# body parts (num_parts=2), and the infrared image of A has its top-right quarter erased.
+
+HAND_LABELS = (0, 1, 0, 1)
+HAND_LOGITS = [[2, 0], [0, 1], [0, 1], [1, 3]]
+HAND_PART_LOGITS = [[0, 1], [1, 1], [3, 0], [0, 0]]
+# f: A's centre is (0, 1), at distance 1 from both of A's features; B's centre is (0.3, 1), at
+# distance 0. The centres are 0.3 apart: push [0.7 - 0.3]+ = 0.4 for each identity.
+HAND_FEATS = [[0, 0], [0.3, 1], [0, 2], [0.3, 1]]
+HAND_CENTER_CLUSTER = 0.5 + 0.4
+# PAP logits [bg, fg, part 1, part 2] of each cell; predicted masks m = fg * (part + 1).
+HAND_PIXELS = [
+    [[0, 2, 1, 0], [0, 1, 2, 0], [2, 0, 0, 1], [0, 1, 0, 3]],  # m = 1 1 / 0 2
+    [[1, 0, 0, 0], [0, 2, 0, 1], [0, 1, 2, 0], [0, 3, 1, 2]],  # m = 0 2 / 1 2
+    [[0, 1, 2, 1], [0, 2, 0, 1], [0, 1, 0, 2], [3, 0, 1, 0]],  # m = 1 (2, erased) / 2 0
+    [[0, 1, 3, 0], [0, 2, 1, 0], [0, 1, 0, 2], [0, 2, 2, 3]],  # m = 1 1 / 2 2
+]
+HAND_PAP_MASKS = [[1, 1, 0, 2], [0, 2, 1, 2], [1, 0, 2, 0], [1, 1, 2, 2]]
+# SRM moves two cells: image 0's top right (1, 1)/sqrt(2) is closer to part 2's prototype
+# (2, 1)/sqrt(5) (cos 0.95) than to part 1's (cos 0.92); image 1's bottom right (1, -1) is
+# closer to part 1's (1, 0) (cos 0.71) than to part 2's mean of (1, 2) and (1, -1) (0.59).
+HAND_SRM_MASKS = [[1, 2, 0, 2], [0, 2, 1, 1], [1, 0, 2, 0], [1, 1, 2, 2]]
+HAND_STRIPE_MASKS = [[1, 1, 2, 2], [1, 1, 2, 2], [1, 0, 2, 2], [1, 1, 2, 2]]
+HAND_Z = [
+    [[1, 0], [1, 1], [0, 1], [2, 1]],
+    [[0, 1], [1, 2], [1, 0], [1, -1]],
+    [[1, 0.5], [0, 1], [1, 1], [-1, 0]],
+    [[2, 0], [1, 1], [0, 1], [1, 2]],
+]
+# Final map X = [[1, 2], [3, 5]] for every image; part-classifier rows: A (1, 1), B (-1, 1).
+# Stripe k's CAM is weight_k * X(row k); the larger end of each min-max normalised row is
+# above the mean, so A's parsing labels are 0 1 / 0 2 and B's (top row negated) 1 0 / 0 2.
+HAND_PART_WEIGHT = [[1.0, 1.0], [-1.0, 1.0]]
+HAND_TARGETS = [[0, 1, 0, 2], [1, 0, 0, 2], [0, 0, 0, 2], [1, 0, 0, 2]]  # image 2: erased
 
 
-def test_full_objective_terms_match_components():
-    out, labels, erased, pw = _outputs()
+def _hand_grid(cells) -> torch.Tensor:
+    """``B x 4 x C`` row-major cells -> ``B x C x 2 x 2``."""
+    t = torch.tensor(cells, dtype=torch.float32)
+    return t.view(len(cells), 2, 2, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _hand_case():
+    out = DCLNetOutput(
+        global_feat=torch.tensor(HAND_FEATS),
+        bn_feat=torch.zeros(4, 2),
+        logits=torch.tensor(HAND_LOGITS, dtype=torch.float32),
+        part_logits=torch.tensor(HAND_PART_LOGITS, dtype=torch.float32),
+        final_map=torch.tensor([[1.0, 2.0], [3.0, 5.0]]).expand(4, 1, 2, 2).clone(),
+        low_map=_hand_grid(HAND_Z),
+        pixel_logits=_hand_grid(HAND_PIXELS),
+    )
+    erased = torch.zeros(4, 4, 4, dtype=torch.bool)  # 4 x 4 images: a Z cell is 2 x 2 pixels
+    erased[2, 0:2, 2:4] = True
+    return out, torch.tensor(HAND_LABELS), erased, torch.tensor(HAND_PART_WEIGHT)
+
+
+def _ce(row, target: int, smoothing: float = 0.0) -> float:
+    """Cross-entropy of one row of logits, written out (smoothing spread uniformly)."""
+    log_z = math.log(sum(math.exp(v) for v in row))
+    uniform = sum(log_z - v for v in row) / len(row)
+    return (1 - smoothing) * (log_z - row[target]) + smoothing * uniform
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _pap_reference(pixels, targets, continuity_weight: float = 0.5) -> float:
+    cells = [(cell, t) for img, ts in zip(pixels, targets) for cell, t in zip(img, ts)]
+    fg = _mean(_ce(cell[:2], int(t > 0)) for cell, t in cells)
+    part = _mean(_ce(cell[2:], t - 1) for cell, t in cells if t > 0)
+    # mean |difference| of the logit maps between vertical, then horizontal neighbours
+    down = _mean(abs(img[c + 2][k] - img[c][k]) for img in pixels for c in (0, 1) for k in range(4))
+    right = _mean(
+        abs(img[r + 1][k] - img[r][k]) for img in pixels for r in (0, 2) for k in range(4)
+    )
+    return fg + part + continuity_weight * (down + right)
+
+
+def _dense_reference(z, masks, tau: float = 0.05) -> float:
+    """§6 for the pairs (0, 2) and (1, 3), both directions, anchor by anchor."""
+
+    def unit(v):
+        return [x / math.hypot(*v) for x in v]
+
+    losses = []
+    for n in (0, 1):
+        for a, b in ((n, n + 2), (n + 2, n)):  # visible anchors, then infrared anchors
+            for p in range(4):
+                s = [
+                    sum(x * y for x, y in zip(unit(z[a][p]), unit(z[b][q]))) / tau for q in range(4)
+                ]
+                pos = [s[q] for q in range(4) if masks[b][q] == masks[a][p]]
+                if masks[a][p] > 0 and pos:
+                    lse_all = math.log(sum(math.exp(v) for v in s))
+                    losses.append(lse_all - math.log(sum(math.exp(v) for v in pos)))
+    return _mean(losses)
+
+
+def test_hand_made_case_against_written_out_formulas():
+    out, labels, erased, pw = _hand_case()
     w = LossWeights(id=1.0, metric=0.5, part_id=2.0, pap=0.3, dcl=1.5)
-    losses = dclnet_objective(out, labels, erased, part_weight=pw, weights=w)
-    assert set(losses) == {"id", "metric", "part_id", "pap", "dcl", "total"}
-    erased_z = downsample_erased(erased, GRID)
-    assert erased_z[0].any() and erased_z[4].any()
-    targets = parsing_labels(out.final_map, pw, labels, erased_z, GRID)
-    masks = rectify_masks(out.low_map, predicted_masks(out.pixel_logits, erased_z))
+    losses = dclnet_objective(out, labels, erased, part_weight=pw, weights=w, num_parts=2)
     expected = {
-        "id": identity_loss(out.logits, labels),
-        "metric": 0.5 * center_cluster_loss(out.global_feat, labels),
-        "part_id": 2.0 * identity_loss(out.part_logits, labels),
-        "pap": 0.3 * pap_loss(out.pixel_logits, targets),
-        "dcl": 1.5 * _expected_dcl(out, masks),
+        "id": _mean(_ce(row, t) for row, t in zip(HAND_LOGITS, HAND_LABELS)),
+        "metric": 0.5 * HAND_CENTER_CLUSTER,
+        "part_id": 2.0 * _mean(_ce(row, t) for row, t in zip(HAND_PART_LOGITS, HAND_LABELS)),
+        "pap": 0.3 * _pap_reference(HAND_PIXELS, HAND_TARGETS),
+        "dcl": 1.5 * _dense_reference(HAND_Z, HAND_SRM_MASKS),
     }
+    assert set(losses) == {*expected, "total"}
     for name, value in expected.items():
-        torch.testing.assert_close(losses[name], value, msg=name)
-    torch.testing.assert_close(losses["total"], sum(expected.values()))
+        assert losses[name].item() == pytest.approx(value, rel=1e-5), name
+    assert losses["total"].item() == pytest.approx(sum(expected.values()), rel=1e-5)
+
+
+def test_hand_options_against_written_out_formulas():
+    out, labels, erased, pw = _hand_case()
+    losses = dclnet_objective(
+        out,
+        labels,
+        erased,
+        part_weight=pw,
+        num_parts=2,
+        cam_class="predicted",
+        metric="triplet",
+        label_smoothing=0.1,
+    )
+    smoothed = _mean(_ce(row, t, 0.1) for row, t in zip(HAND_LOGITS, HAND_LABELS))
+    assert losses["id"].item() == pytest.approx(smoothed, rel=1e-5)
+    # Batch-hard triplet on f (margin 0.3): farthest positive, closest negative, per anchor.
+    dist = [[math.dist(f, g) for g in HAND_FEATS] for f in HAND_FEATS]
+    hinges = []
+    for i, yi in enumerate(HAND_LABELS):
+        pos = max(d for d, y in zip(dist[i], HAND_LABELS) if y == yi)
+        neg = min(d for d, y in zip(dist[i], HAND_LABELS) if y != yi)
+        hinges.append(max(0.0, pos - neg + 0.3))
+    assert losses["metric"].item() == pytest.approx(_mean(hinges), rel=1e-5)
+    # CAM class = top-1 of the *global* logits: 0 1 1 1, so the infrared image of A is parsed
+    # with B's weight row (the part logits' top-1, 1 0 0 0, would give different labels).
+    targets = [HAND_TARGETS[0], HAND_TARGETS[1], [1, 0, 0, 2], HAND_TARGETS[3]]
+    assert losses["pap"].item() == pytest.approx(_pap_reference(HAND_PIXELS, targets), rel=1e-5)
+
+
+def test_hand_masks_are_what_the_comments_say():
+    # the literals above, derived by hand, against the library's mask functions
+    out, _, erased, _ = _hand_case()
+    masks = predicted_masks(out.pixel_logits, downsample_erased(erased, (2, 2)))
+    assert masks.flatten(1).tolist() == HAND_PAP_MASKS
+    assert rectify_masks(out.low_map, masks, 2).flatten(1).tolist() == HAND_SRM_MASKS
 
 
 def test_gradients_reach_trained_outputs_but_not_final_map():
@@ -84,40 +208,6 @@ def test_gradients_reach_trained_outputs_but_not_final_map():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     assert out.final_map.grad is None and pw.grad is None  # CAMs are pseudo-label sources
     assert out.bn_feat.grad is None
-
-
-def test_srm_switch_and_stripe_masks():
-    out, labels, erased, pw = _outputs(2)
-    erased_z = downsample_erased(erased, GRID)
-    raw = predicted_masks(out.pixel_logits, erased_z)
-    no_srm = dclnet_objective(out, labels, erased, part_weight=pw, srm=False)
-    torch.testing.assert_close(no_srm["dcl"], _expected_dcl(out, raw))
-    assert not torch.equal(rectify_masks(out.low_map, raw), raw)  # SRM changes something
-    stripes = dclnet_objective(out, labels, erased, part_weight=pw, dcl_masks="stripes")
-    expected = _expected_dcl(out, stripe_masks(2 * N, GRID, erased=erased_z))
-    torch.testing.assert_close(stripes["dcl"], expected)
-
-
-def test_predicted_cam_class_and_triplet_and_smoothing():
-    out, labels, erased, pw = _outputs(3)
-    losses = dclnet_objective(
-        out,
-        labels,
-        None,
-        part_weight=pw,
-        cam_class="predicted",
-        metric="triplet",
-        label_smoothing=0.1,
-    )
-    # the released code's rule: top-1 of the *global* identity classifier, not the part one
-    global_top1, part_top1 = out.logits.argmax(1), out.part_logits.argmax(1)
-    assert not torch.equal(global_top1, part_top1)
-    targets = parsing_labels(out.final_map, pw, global_top1, None, GRID)
-    assert not torch.equal(targets, parsing_labels(out.final_map, pw, part_top1, None, GRID))
-    assert not torch.equal(targets, parsing_labels(out.final_map, pw, labels, None, GRID))
-    torch.testing.assert_close(losses["pap"], pap_loss(out.pixel_logits, targets))
-    torch.testing.assert_close(losses["metric"], triplet_loss(out.global_feat, labels))
-    torch.testing.assert_close(losses["id"], identity_loss(out.logits, labels, 0.1))
 
 
 def test_disabled_terms_are_not_computed(monkeypatch):
@@ -133,23 +223,33 @@ def test_disabled_terms_are_not_computed(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("preset", "keys", "srm", "masks"),
+    ("preset", "nonzero", "dcl_masks"),
     [
-        ("baseline", {"id", "metric"}, False, None),
-        ("dcl_stripes", {"id", "metric", "dcl"}, False, "stripes"),
-        ("dcl_pap", {"id", "metric", "part_id", "pap", "dcl"}, False, "pap"),
-        ("full", {"id", "metric", "part_id", "pap", "dcl"}, True, "pap"),
+        ("baseline", {"id", "metric"}, None),
+        ("dcl_stripes", {"id", "metric", "dcl"}, HAND_STRIPE_MASKS),
+        ("dcl_pap", {"id", "metric", "part_id", "pap", "dcl"}, HAND_PAP_MASKS),
+        ("full", {"id", "metric", "part_id", "pap", "dcl"}, HAND_SRM_MASKS),
     ],
 )
-def test_ablation_presets(preset, keys, srm, masks):
+def test_presets_train_the_ablation_terms(preset, nonzero, dcl_masks):
+    """docs/method.md §7's table: which terms each preset trains, and on which masks."""
+    out, labels, erased, pw = _hand_case()
     kwargs = ABLATIONS[preset]
-    assert kwargs["srm"] is srm
-    if masks is not None:
-        assert kwargs["dcl_masks"] == masks
-    out, labels, erased, pw = _outputs(5)
-    losses = dclnet_objective(out, labels, erased, part_weight=pw, **kwargs)
-    assert set(losses) == keys | {"total"}
-    assert torch.isfinite(losses["total"])
+    losses = dclnet_objective(out, labels, erased, part_weight=pw, num_parts=2, **kwargs)
+    assert {k for k, v in losses.items() if k != "total" and v.item() != 0} == nonzero
+    assert set(losses) == nonzero | {"total"}  # a term that is off is not computed at all
+    if dcl_masks is not None:
+        dcl = _dense_reference(HAND_Z, dcl_masks)
+        assert losses["dcl"].item() == pytest.approx(dcl, rel=1e-5)
+    total = sum(losses[k].item() for k in nonzero)
+    assert losses["total"].item() == pytest.approx(total, rel=1e-6)
+
+
+def test_no_preset_is_the_full_model():
+    out, labels, erased, pw = _hand_case()
+    default = dclnet_objective(out, labels, erased, part_weight=pw, num_parts=2)
+    full = dclnet_objective(out, labels, erased, part_weight=pw, num_parts=2, **ABLATIONS["full"])
+    assert {k: v.item() for k, v in default.items()} == {k: v.item() for k, v in full.items()}
 
 
 def test_all_terms_off_gives_zero_with_grad():
