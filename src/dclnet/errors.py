@@ -30,3 +30,7 @@ class TrainingError(DclnetError):
 
 class NonFiniteLossError(TrainingError, FloatingPointError):
     """The training loss became NaN or infinite (still a :class:`FloatingPointError`)."""
+
+
+class OutputError(DclnetError):
+    """An output file or folder cannot be written (a directory or file in the way, a full disk)."""

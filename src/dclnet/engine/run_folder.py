@@ -12,11 +12,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from dclnet.engine.runlog import LOG_NAME
 from dclnet.errors import CheckpointError, TrainingError
+from dclnet.fileio import atomic_write, check_output_dir
 
 logger = logging.getLogger(__name__)
 # Files and folders ``fit`` writes in a run folder (what ``overwrite=True`` clears).
@@ -85,6 +85,7 @@ def claim_run_folder(output: Path, *, resume: bool, overwrite: bool):
             f"cannot resume: {output / 'last.pt'} does not exist (wrong --output, or the run "
             "stopped before its first epoch ended: start over with --overwrite)"
         )
+    check_output_dir(output)
     output.mkdir(parents=True, exist_ok=True)
     lock = _lock_run_folder(output)
     try:
@@ -141,11 +142,5 @@ def truncate_metrics(path: Path, last_step: int, *, drop_test: bool) -> None:
             continue
         if step <= last_step and not (drop_test and event.get("event") == "test"):
             kept.append(line + "\n")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(kept)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as fh:
+        fh.writelines(kept)
