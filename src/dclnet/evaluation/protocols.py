@@ -8,8 +8,8 @@ hand it one feature row per image path and the splits of
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from dclnet.data.splits import EvalSplit
 from dclnet.errors import DataError
 from dclnet.evaluation.metrics import evaluate_ranking
+from dclnet.fileio import atomic_write
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
@@ -57,30 +58,66 @@ class ProtocolResult:
         return out
 
 
+def check_features(
+    paths: Sequence[str], features: np.ndarray | torch.Tensor, where: str = "features"
+) -> torch.Tensor:
+    """Check features against their paths; return them as an ``N x D`` float32 tensor.
+
+    Float only, 2-D, ``D >= 1``, one row per path, and finite both as given and after the cast
+    to float32 (a float64 value beyond 3.4e38 would become infinity).
+
+    Raises:
+        DataError: one line starting with ``where`` (the file, for a features file).
+    """
+    if torch.is_tensor(features):
+        feats = features
+        if not torch.is_floating_point(feats):
+            raise DataError(f"{where}: features must be a float array, got {feats.dtype}")
+    else:
+        array = np.asarray(features)
+        if array.dtype.kind != "f":
+            raise DataError(f"{where}: features must be a float array, got dtype {array.dtype}")
+        if array.dtype.itemsize > 8:  # long double: torch has no such type
+            array = array.astype(np.float64)
+        feats = torch.from_numpy(np.ascontiguousarray(array))
+    shape = tuple(feats.shape)
+    if feats.ndim != 2:
+        raise DataError(f"{where}: features must be 2-D (one row per path), got shape {shape}")
+    if shape[1] == 0:
+        raise DataError(f"{where}: features have zero width (shape {shape}); need D >= 1 columns")
+    if shape[0] != len(paths):
+        raise DataError(
+            f"{where}: features has {shape[0]} rows but paths has {len(paths)} entries; "
+            "they must match one to one"
+        )
+    _check_finite(feats, paths, where, "contain NaN or infinity")
+    out = feats.float()
+    _check_finite(out, paths, where, "overflow float32 (|x| > 3.4e38); rescale or L2-normalise")
+    return out
+
+
+def _check_finite(feats: torch.Tensor, paths: Sequence[str], where: str, problem: str) -> None:
+    bad = ~torch.isfinite(feats).all(dim=1)  # N
+    if bad.any():
+        row = int(torch.nonzero(bad)[0, 0])
+        more = int(bad.sum()) - 1
+        also = f" (and {more} more rows)" if more else ""
+        raise DataError(f"{where}: features for {paths[row]!r}{also} {problem}")
+
+
 def index_features(
     paths: Sequence[str], features: np.ndarray | torch.Tensor, needed: Sequence[str]
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Check a (paths, features) pair against the paths a protocol needs.
 
     Returns:
-        The features as a float32 tensor and a map path → row.
+        The features as a float32 tensor (see :func:`check_features`) and a map path → row.
 
     Raises:
         DataError: naming the first duplicate path, the first needed path that is missing,
-            or the mismatching shapes.
+            the mismatching shapes or the first row that is not finite.
     """
-    feats = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
-    if feats.ndim != 2:
-        raise DataError(
-            f"features must be a 2-D array (one row per path), got shape {tuple(feats.shape)}"
-        )
-    if feats.shape[0] != len(paths):
-        raise DataError(
-            f"features has {feats.shape[0]} rows but paths has {len(paths)} entries; "
-            "they must match one to one"
-        )
-    if not torch.is_floating_point(feats):
-        raise DataError(f"features must be a float array, got {feats.dtype}")
+    feats = check_features(paths, features)
     row: dict[str, int] = {}
     for i, p in enumerate(paths):
         if p in row:
@@ -92,10 +129,18 @@ def index_features(
                 f"the protocol needs {p!r} but the features file has no row for it "
                 "(paths must be relative to ROOT with '/' separators)"
             )
-    if not torch.isfinite(feats).all():
-        bad = int(torch.nonzero(~torch.isfinite(feats).all(dim=1))[0, 0])
-        raise DataError(f"features for {paths[bad]!r} contain NaN or infinity")
-    return feats.float(), row
+    return feats, row
+
+
+def _check_similarities(sim: torch.Tensor, split: EvalSplit, what: str) -> None:
+    """Raise if a query-gallery score overflowed (finite features, too large a dot product)."""
+    bad = ~torch.isfinite(sim)  # Q x G
+    if bad.any():
+        q, g = (int(i) for i in torch.nonzero(bad)[0])
+        raise DataError(
+            f"the {what} of query {split.query[q].path!r} and gallery {split.gallery[g].path!r} "
+            "overflows float32 (the features are too large); L2-normalise the features"
+        )
 
 
 def _split_arrays(split: EvalSplit, row: dict[str, int], side: str):
@@ -137,6 +182,7 @@ def evaluate_splits(
         g_rows, g_labels, g_cams = _split_arrays(split, row, "gallery")
         q, g = feats[q_rows.to(device)], feats[g_rows.to(device)]
         sim = q @ g.T  # Q x G
+        _check_similarities(sim, split, "dot product")
         args = (q_labels, g_labels, q_cams, g_cams)
         plain.append(evaluate_ranking(sim, *args, rule=split.rule).as_percent())
         if rerank:
@@ -144,6 +190,7 @@ def evaluate_splits(
 
             dist = k_reciprocal_rerank(q, g)
             sim_rr = -torch.as_tensor(dist)
+            _check_similarities(sim_rr, split, "re-ranking distance")
             reranked.append(evaluate_ranking(sim_rr, *args, rule=split.rule).as_percent())
     return ProtocolResult(
         protocol=dict(protocol),
@@ -152,15 +199,36 @@ def evaluate_splits(
     )
 
 
+_NPZ_EXPECTED = (
+    "an .npz archive (numpy.savez) holding 'paths' (strings) and 'features' (float, one row "
+    "per path)"
+)
+
+
 def load_features_npz(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Read ``paths`` and ``features`` arrays from an ``.npz`` file."""
+    """Read and check ``paths`` and ``features`` from an ``.npz`` file.
+
+    Nothing is unpickled (``allow_pickle=False``): an archive of object arrays is refused.
+
+    Returns:
+        The paths and the features as an ``N x D`` float32 array (see :func:`check_features`).
+
+    Raises:
+        DataError: one line naming the file and what is wrong with it.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"features file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; expected {_NPZ_EXPECTED}")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read features file {path}: {exc}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{path}: cannot read it ({_reason(exc)}); expected {_NPZ_EXPECTED}"
+        ) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: is a single .npy array, not an archive; expected {_NPZ_EXPECTED}")
     with data:
         missing = [k for k in ("paths", "features") if k not in data.files]
         if missing:
@@ -168,26 +236,46 @@ def load_features_npz(path: str | Path) -> tuple[list[str], np.ndarray]:
                 f"features file {path} lacks array(s) {', '.join(missing)}; it must "
                 f"hold 'paths' (strings) and 'features' (float, one row per path)"
             )
-        paths, feats = data["paths"], data["features"]
+        paths, feats = _npz_member(data, "paths", path), _npz_member(data, "features", path)
     if paths.ndim != 1 or paths.dtype.kind not in "US":
         raise DataError(
             f"{path}: 'paths' must be a 1-D array of strings, got dtype {paths.dtype} "
             f"shape {paths.shape}"
         )
-    return [str(p) for p in paths.tolist()], feats
+    if paths.dtype.kind == "S":  # bytes: numpy.savez of bytes paths
+        try:
+            paths = np.char.decode(paths, "utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: 'paths' holds bytes that are not UTF-8 text") from None
+    names = [str(p) for p in paths.tolist()]
+    return names, check_features(names, feats, where=str(path)).numpy()
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:100]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _npz_member(data: np.lib.npyio.NpzFile, name: str, path: Path) -> np.ndarray:
+    try:
+        return data[name]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"{path}: array {name!r} holds Python objects (dtype object), which dclnet never "
+                "unpickles; save strings and floats"
+            ) from None
+        raise DataError(f"{path}: array {name!r} is damaged ({_reason(exc)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(
+            f"{path}: array {name!r} is damaged or truncated ({_reason(exc)})"
+        ) from None
 
 
 def save_features_npz(path: str | Path, paths: Sequence[str], features: np.ndarray) -> None:
     """Write a features file in the format ``evaluate-features`` reads (atomically)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, paths=np.asarray(list(paths), dtype=str), features=np.asarray(features))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, paths=np.asarray(list(paths), dtype=str), features=np.asarray(features))
 
 
 def format_table(result: ProtocolResult) -> str:
@@ -211,10 +299,7 @@ def format_table(result: ProtocolResult) -> str:
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    """Write JSON atomically (temp file + rename), refusing a directory or a path under a file."""
+    text = json.dumps(data, indent=2)
+    with atomic_write(path) as fh:
+        fh.write(text)
