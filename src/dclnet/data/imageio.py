@@ -7,6 +7,7 @@ caches built by :mod:`dclnet.data.cache`, so that stale arrays are never reused)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,11 @@ from PIL import Image
 
 from dclnet.errors import DataError
 
-READER_VERSION = 1
-"""Version of the decode + resize recipe; bump it whenever :func:`load_image` changes output."""
+READER_VERSION = 2
+"""Version of the decode + resize recipe; bump it whenever :func:`load_image` changes output.
+
+2: 16-bit greyscale images are scaled to 8 bits (version 1 clipped them to white).
+"""
 
 # Pillow >= 9.1 names filters under ``Image.Resampling``; older releases only on ``Image``.
 _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
@@ -23,6 +27,27 @@ _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
 # What Pillow raises for a missing, unreadable, truncated or malformed file. Catching these
 # (and not everything) keeps programming errors and interrupts out of the "corrupt file" path.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+# Integer greyscale modes wider than 8 bits: Pillow's convert("RGB") clips them at 255.
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_UINT16_MAX = 65535
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A PIL image as 8-bit RGB, with 16-bit greyscale scaled rather than clipped.
+
+    Pillow clips 16-bit values (``I;16``, ``I;16B``, ``I``) at 255, which turns a thermal
+    image nearly solid white. Here the 16-bit range ``0..65535`` maps linearly onto
+    ``0..255`` (``round(x / 257)``), the same for every image, so brightness stays comparable
+    between images. Mode ``I`` (32-bit, how Pillow opens some 16-bit PNG and TIFF files) is
+    clipped to ``0..65535`` first.
+    """
+    if image.mode not in _WIDE_GREY_MODES:
+        return image.convert("RGB")
+    values = np.clip(np.asarray(image, dtype=np.float64), 0, _UINT16_MAX)
+    grey = np.rint(values * (255.0 / _UINT16_MAX)).astype(np.uint8)  # H x W
+    return Image.fromarray(grey).convert("RGB")
 
 
 def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -45,7 +70,7 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = im.convert("RGB")
+            rgb = to_rgb(im)
         if size is not None:
             height, width = size
             if rgb.size != (width, height):
@@ -53,6 +78,8 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         return np.array(rgb, dtype=np.uint8)  # a writable copy, not a view of PIL's buffer
     except _DECODE_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and path.is_symlink():
+            reason = f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
         raise DataError(
             f"cannot decode image {path}: {reason}; "
             "remove or replace the file, or pass skip_corrupt=True"

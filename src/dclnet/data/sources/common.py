@@ -7,6 +7,7 @@ was expected there.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from dclnet.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 _T = TypeVar("_T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,30 @@ def require_dirs(root: Path, names: Iterable[str], dataset: str, expected: str) 
     return root
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark is allowed).
+
+    Raises:
+        DataError: the file is not UTF-8, naming the line and the offending byte.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: byte {data[exc.start]:#04x} at column {column} is not UTF-8 text; "
+            "save the file as UTF-8 (or plain ASCII)"
+        ) from None
+
+
+def is_ascii_int(text: str, *, signed: bool = False) -> bool:
+    """Whether ``text`` is a decimal integer in ASCII digits (``str.isdigit`` also accepts
+    ``²`` and other digits that ``int`` rejects or reads differently)."""
+    return re.fullmatch(r"-?[0-9]+" if signed else r"[0-9]+", text) is not None
+
+
 def read_id_file(path: Path) -> list[int]:
     """Read person ids separated by commas (and/or white space), in file order.
 
@@ -90,11 +116,11 @@ def read_id_file(path: Path) -> list[int]:
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected {expected}")
     ids: list[int] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(path), start=1):
         for token in re.split(r"[,\s]+", line.strip()):
             if not token:
                 continue
-            if not token.isdigit():
+            if not is_ascii_int(token):
                 raise DataError(
                     f"{path}:{number}: {token!r} is not a person id; expected {expected}"
                 )
@@ -116,7 +142,9 @@ def read_index_file(path: Path, root: Path) -> list[IndexEntry]:
 
     The label is the last white-space separated field, so paths with spaces survive. Blank
     lines are skipped. Existence is checked by listing each image's folder once (no image is
-    opened).
+    opened). An image listed twice is an error, not silently used twice or de-duplicated: the
+    protocols list each image once, and a repeated line (a bad merge or edit) changes the
+    results, e.g. a RegDB gallery with repeated images ranks them twice; the file needs a look.
 
     Args:
         path: The index file.
@@ -128,11 +156,12 @@ def read_index_file(path: Path, root: Path) -> list[IndexEntry]:
             f"{path}: file not found; expected lines '<path relative to {root}> <label>'"
         )
     entries: list[IndexEntry] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.strip().rsplit(None, 1)
-        if len(fields) != 2 or not re.fullmatch(r"-?\d+", fields[1]):
+        if len(fields) != 2 or not is_ascii_int(fields[1], signed=True):
             raise DataError(
                 f"{path}:{number}: malformed line {line.strip()!r}; expected '<path> <label>'"
             )
@@ -141,6 +170,12 @@ def read_index_file(path: Path, root: Path) -> list[IndexEntry]:
             raise DataError(
                 f"{path}:{number}: {fields[0]!r} is absolute; expected a path relative to {root}"
             )
+        if relative in first_line:
+            raise DataError(
+                f"{path}:{number}: {relative} is listed again (first on line "
+                f"{first_line[relative]}); each image must be listed once: remove the repeat"
+            )
+        first_line[relative] = number
         entries.append(IndexEntry(relative, int(fields[1]), number))
     if not entries:
         raise DataError(f"{path}: no entries; expected lines '<path relative to {root}> <label>'")
@@ -163,28 +198,76 @@ def _check_entries_exist(index: Path, root: Path, entries: list[IndexEntry]) -> 
             )
 
 
+def _is_image_entry(entry: os.DirEntry) -> bool:
+    """An image name that is a file, or a broken symbolic link (dangling or a loop).
+
+    Broken links stay in the listing so that decoding reports them (an error, or a listed
+    skip with ``skip_corrupt``) instead of the protocol lists silently losing an image.
+    """
+    if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES):
+        return False
+    try:
+        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+    except OSError:  # a symbolic-link loop cannot be followed
+        return True
+
+
 def list_images(directory: Path) -> list[str]:
-    """Sorted names of the image files directly inside ``directory`` (hidden files skipped)."""
+    """Sorted names of the image files directly inside ``directory`` (hidden files skipped).
+
+    Raises:
+        DataError: an image's file name is not valid UTF-8 (it could not be written to a
+            list, cache or results file).
+    """
     with os.scandir(directory) as scan:
-        names = [
-            entry.name
-            for entry in scan
-            if entry.is_file()
-            and not entry.name.startswith(".")
-            and entry.name.lower().endswith(IMAGE_SUFFIXES)
-        ]
+        names = [entry.name for entry in scan if _is_image_entry(entry)]
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(name)
+            raise DataError(
+                f"{directory}: file name {raw!r} is not valid UTF-8; rename the file"
+            ) from None
     return sorted(names)
 
 
 def has_subdirectory(directory: Path) -> bool:
     """Whether ``directory`` contains at least one (non-hidden) sub-directory."""
     with os.scandir(directory) as scan:
-        return any(entry.is_dir() and not entry.name.startswith(".") for entry in scan)
+        return any(_is_folder(entry) and not entry.name.startswith(".") for entry in scan)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symbolic-link loop
+        return False
 
 
 def person_folder(pid: int) -> str:
     """Folder name of a person id in SYSU-MM01 and LLCM: four digits, zero-padded."""
     return f"{pid:04d}"
+
+
+def warn_shared_ids(
+    train_ids: Iterable[int | str], test_ids: Iterable[int | str], where: str
+) -> None:
+    """Warn (once per call) when test identities are also training identities.
+
+    Training on test people makes every test result optimistic; the lists say which is which,
+    so an overlap is a mistake in them (or a deliberate experiment, hence not an error).
+    """
+    shared = sorted(set(train_ids) & set(test_ids))
+    if shared:
+        shown = ", ".join(map(str, shared[:10])) + (", ..." if len(shared) > 10 else "")
+        logger.warning(
+            "%d test identities are also training identities (%s) in %s: test results will be "
+            "optimistic; check the train and test lists",
+            len(shared),
+            shown,
+            where,
+        )
 
 
 def missing_people_error(root: Path, missing: Sequence[int], where: str) -> DataError:

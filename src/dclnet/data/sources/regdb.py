@@ -9,7 +9,8 @@ Layout::
 Each trial splits the 412 identities in half. Labels are kept as written (the train files
 already hold ``0..205``; test files hold the person labels). Cameras: 1 for visible, 2 for
 thermal. The paths listed must exist under ``ROOT``; their folders are listed, no image is
-opened.
+opened. Each image must be listed once per file: a repeated line is an error naming both
+lines (de-duplicating would hide a damaged list; using it as is ranks the image twice).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from dclnet.data.records import INFRARED, VISIBLE, Record
-from dclnet.data.sources.common import check_choice, read_index_file, require_dirs
+from dclnet.data.sources.common import (
+    check_choice,
+    read_index_file,
+    require_dirs,
+    warn_shared_ids,
+)
 from dclnet.errors import DataError
 
 TRIALS = tuple(range(1, 11))
@@ -53,9 +59,24 @@ def _records(root: Path, split: str, trial: int, modality: str) -> list[Record]:
     ]
 
 
+def person_folder(path: str) -> str:
+    """The person folder of a root-relative image path (``Visible/<pid>/x.bmp`` → ``<pid>``)."""
+    return path.rsplit("/", 2)[-2] if path.count("/") >= 1 else ""
+
+
 def train_records(root: Path, trial: int) -> list[Record]:
-    """Training records of ``trial`` (1..10): visible records, then thermal ones."""
-    return _records(root, "train", trial, "visible") + _records(root, "train", trial, "thermal")
+    """Training records of ``trial`` (1..10): visible records, then thermal ones.
+
+    Warns when a person folder of the training lists also appears in the trial's test lists
+    (the training labels are re-indexed, so identities are compared by folder).
+    """
+    records = _records(root, "train", trial, "visible") + _records(root, "train", trial, "thermal")
+    tests = [Path(root) / "idx" / f"test_{word}_{trial}.txt" for word in ("visible", "thermal")]
+    if all(index.is_file() for index in tests):
+        test = [e.path for index in tests for e in read_index_file(index, Path(root))]
+        where = f"{Path(root) / 'idx'} (trial {trial}: train_* vs test_* person folders)"
+        warn_shared_ids({person_folder(r.path) for r in records}, map(person_folder, test), where)
+    return records
 
 
 def test_records(root: Path, trial: int, modality: str) -> list[Record]:

@@ -49,6 +49,7 @@ from dclnet.data.sources.common import (
     person_folder,
     read_id_file,
     require_dirs,
+    warn_shared_ids,
 )
 from dclnet.errors import DataError
 
@@ -134,8 +135,15 @@ def train_records_from_listing(listing: Listing, pids: Iterable[int]) -> list[Re
 
 
 def train_records(root: Path) -> list[Record]:
-    """Training records of SYSU-MM01: train ∪ val ids, labels re-indexed ``0..n-1``."""
+    """Training records of SYSU-MM01: train ∪ val ids, labels re-indexed ``0..n-1``.
+
+    Warns when ``exp/test_id.txt`` shares ids with the training lists.
+    """
     pids = sorted(set(read_ids(root, "train")) | set(read_ids(root, "val")))
+    test_file = Path(root) / "exp" / "test_id.txt"
+    if test_file.is_file():
+        where = f"{Path(root) / 'exp'} (train_id.txt, val_id.txt vs test_id.txt)"
+        warn_shared_ids(pids, read_id_file(test_file), where)
     return train_records_from_listing(list_sysu(root, pids), pids)
 
 
