@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_dense_loss.py                      # N=32, 256 x 72 x 36, CPU
     python benchmarks/bench_dense_loss.py --n 8 --device cuda
+    python benchmarks/bench_dense_loss.py --json docs/results/bench_dense_loss.json   # README
 
 Every variant runs in a fresh subprocess on identical seeded inputs and reports the time of
 one forward + backward and the peak memory it adds. Before it, one tiny run pages in the
@@ -18,6 +19,8 @@ can hide memory that the allocator keeps from them, so the default is 0):
   allocations, hence the RSS.
 
 Values and input gradients are written to a temporary folder and compared at the end.
+``--json OUT`` writes the table's numbers with the command, machine, torch version, thread
+count and wall time (:mod:`dclnet.bench.results`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from dclnet.bench.results import command_line, format_dense_table, load_average, write_record
 from dclnet.losses.dense_contrastive import dense_contrastive_loss, dense_contrastive_loss_naive
 
 
@@ -65,6 +69,8 @@ def _reset_peak() -> bool:
 def worker(args: argparse.Namespace) -> None:
     """Run one variant, print a JSON line, save value and gradients to ``args.out``."""
     device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     z_v, z_i, m_v, m_i = _inputs(args.n, args.c, args.h, args.w, args.parts, device)
     z_v.requires_grad_()
     z_i.requires_grad_()
@@ -107,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def _run_variant(args: argparse.Namespace, variant: str, n: int, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--out", str(out)]
-    for key in ("c", "h", "w", "parts", "chunk", "tau", "device", "warmup"):
+    for key in ("c", "h", "w", "parts", "chunk", "tau", "device", "warmup", "threads"):
         cmd += [f"--{key}", str(getattr(args, key))]
     cmd += ["--n", str(n)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -120,7 +126,26 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def main() -> None:
+def _compare(args: argparse.Namespace, n: int, tmp: str) -> list[dict]:
+    """Both variants at ``n`` pairs: one row each, the chunked row against the naive one."""
+    res, saved = {}, {}
+    for variant in ("naive", "chunked"):
+        path = Path(tmp) / f"{variant}_{n}.pt"
+        res[variant] = {"n": n, "variant": variant, **_run_variant(args, variant, n, path)}
+        if path.exists():
+            saved[variant] = torch.load(path)
+            res[variant]["value"] = float(saved[variant]["loss"])
+    if "naive" in saved and "chunked" in saved:
+        ref, got = saved["naive"], saved["chunked"]
+        res["chunked"]["rel_dval"] = _rel(got["loss"], ref["loss"])
+        res["chunked"]["rel_dgrad"] = max(_rel(got[k], ref[k]) for k in ("g_v", "g_i"))
+        ratio = res["chunked"]["peak_bytes"] / max(res["naive"]["peak_bytes"], 1)
+        res["chunked"]["mem_ratio"] = ratio
+    return [res["naive"], res["chunked"]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[32], help="pairs per batch")
     parser.add_argument("--c", type=int, default=256)
@@ -131,43 +156,38 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         args.n = args.n[0]
         worker(args)
         return
+    started, load_start = time.perf_counter(), load_average()
+    if args.threads:  # the workers set it too; here it is what the record reports
+        torch.set_num_threads(args.threads)
     print(
         f"dense contrastive loss, C={args.c}, {args.h} x {args.w}, chunk={args.chunk}, "
-        f"device={args.device}, torch {torch.__version__}, threads={torch.get_num_threads()}"
+        f"device={args.device}, torch {torch.__version__}, threads={torch.get_num_threads()}, "
+        f"load average {load_average()}",
+        flush=True,
     )
-    header = f"{'N':>4} {'variant':>8} {'fwd+bwd s':>10} {'peak MB':>9} {'value':>10}"
-    print(header + f" {'rel dval':>9} {'rel dgrad':>9} {'mem ratio':>9}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.n:
-            res, saved = {}, {}
-            for variant in ("naive", "chunked"):
-                path = Path(tmp) / f"{variant}_{n}.pt"
-                res[variant] = _run_variant(args, variant, n, path)
-                if path.exists():
-                    saved[variant] = torch.load(path)
-            for variant in ("naive", "chunked"):
-                r = res[variant]
-                if "error" in r:
-                    print(f"{n:>4} {variant:>8} failed: {r['error']}")
-                    continue
-                line = f"{n:>4} {variant:>8} {r['seconds']:>10.2f} {r['peak_bytes'] / 2**20:>9.0f}"
-                line += f" {float(saved[variant]['loss']):>10.6f}"
-                if variant == "chunked" and "naive" in saved:
-                    ref, got = saved["naive"], saved["chunked"]
-                    dval = _rel(got["loss"], ref["loss"])
-                    dgrad = max(_rel(got[k], ref[k]) for k in ("g_v", "g_i"))
-                    ratio = r["peak_bytes"] / max(res["naive"]["peak_bytes"], 1)
-                    line += f" {dval:>9.1e} {dgrad:>9.1e} {ratio:>9.3f}"
-                print(line)
-            print(f"     memory: {res['chunked'].get('method', '?')}")
+            rows += _compare(args, n, tmp)
+    settings = {k: getattr(args, k) for k in ("c", "h", "w", "parts", "chunk", "tau", "device")}
+    record = {"settings": {**settings, "warmup": args.warmup}, "rows": rows}
+    record["load_average"] = {"start": load_start, "end": load_average()}
+    print(format_dense_table(record))
+    if args.json is not None:
+        command = command_line("python benchmarks/bench_dense_loss.py", argv)
+        seconds = time.perf_counter() - started
+        write_record(args.json, command=command, seconds=seconds, **record)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_eval.py                 # 10 trials each, torch's default threads
     python benchmarks/bench_eval.py --threads 1 --trials 3 --no-rerank
+    python benchmarks/bench_eval.py --json docs/results/bench_eval.json   # the README table
 
 Simulates the two standard evaluations at their real sizes, with 2048-d L2-normalised float32
 features (a per-identity centre plus noise, so that rankings are neither perfect nor random):
@@ -17,7 +18,8 @@ features (a per-identity centre plus noise, so that rankings are neither perfect
 Each trial's time includes the query x gallery similarity matmul, which both sides share;
 the table reports the end-to-end times and, separately, the metric alone. The two sides'
 CMC, mAP and mINP must agree to 1e-12 (exit status 1 otherwise). Optionally times one
-k-reciprocal re-ranking at SYSU-MM01 size.
+k-reciprocal re-ranking at SYSU-MM01 size. ``--json OUT`` writes the measurements with the
+command, machine, torch version, thread count and wall time (:mod:`dclnet.bench.results`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from dclnet.bench.components import FEATURE_DIM, regdb_trials, sysu_trials
+from dclnet.bench.results import (
+    EVAL_LEGEND,
+    command_line,
+    format_eval_table,
+    load_average,
+    write_record,
+)
 from dclnet.evaluation.metrics import RankingMetrics, evaluate_ranking
 from dclnet.evaluation.reference import reference_evaluate_ranking
 from dclnet.evaluation.rerank import k_reciprocal_rerank
@@ -80,17 +90,20 @@ def _time_protocol(trials, rule: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-rerank", action="store_true", help="skip the re-ranking timing")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    started, load_start = time.perf_counter(), load_average()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} torch CPU threads, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+        f"{os.cpu_count()} CPUs, load average {load_start}, "
         f"{args.trials} trials per protocol",
         flush=True,
     )
@@ -100,39 +113,38 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_ranking(
                 query[:500] @ gallery.t(), q_lab[:500], g_lab, q_cam[:500], g_cam, rule=rule
             )
-
-    rows = {
-        "SYSU-MM01 all-search (3,803 x 301)": _time_protocol(
-            _sysu_trials(args.trials, args.seed), "sysu"
-        ),
-        "RegDB (2,060 x 2,060)": _time_protocol(_regdb_trials(args.trials, args.seed), "regdb"),
-    }
-    header = (
-        f"{'protocol':36s} {'vectorised s':>12s} {'loop s':>8s} {'speed-up':>9s} "
-        f"{'metric-only':>12s} {'matmul s':>9s} {'bound':>7s} {'max abs diff':>13s}"
-    )
-    print(header)
-    print("-" * len(header))
-    worst = 0.0
-    for name, t in rows.items():
-        fast, slow = t["matmul"] + t["vectorised"], t["matmul"] + t["loop"]
-        print(
-            f"{name:36s} {fast:12.3f} {slow:8.3f} {slow / fast:8.1f}x "
-            f"{t['loop'] / t['vectorised']:11.1f}x {t['matmul']:9.3f} {slow / t['matmul']:6.1f}x "
-            f"{t['diff']:13.1e}"
-        )
-        worst = max(worst, t["diff"])
-    print(
-        "vectorised, loop: matmul + metric summed over trials; metric-only: the metric alone; "
-        "bound: the end-to-end speed-up with a metric that took no time at all"
-    )
-    print(f"load average at the end {os.getloadavg()[0]:.2f}")
-
+    protocols = [
+        {"name": "SYSU-MM01 all-search (3,803 x 301)", "rule": "sysu"},
+        {"name": "RegDB (2,060 x 2,060)", "rule": "regdb"},
+    ]
+    for row in protocols:
+        make = _sysu_trials if row["rule"] == "sysu" else _regdb_trials
+        times = _time_protocol(make(args.trials, args.seed), row["rule"])
+        row.update({f"{k}_s": times[k] for k in ("matmul", "vectorised", "loop")})
+        row["max_abs_diff"] = times["diff"]
+    rerank = None
     if not args.no_rerank:
         query, gallery, *_ = next(_sysu_trials(1, args.seed))
         start = time.perf_counter()
         k_reciprocal_rerank(query, gallery)
-        print(f"k-reciprocal re-ranking, 3,803 + 301 x {DIM}: {time.perf_counter() - start:.2f} s")
+        rerank = time.perf_counter() - start
+    record = {
+        "trials": args.trials,
+        "seed": args.seed,
+        "feature_dim": DIM,
+        "load_average": {"start": load_start, "end": load_average()},
+        "protocols": protocols,
+        "rerank_seconds": rerank,
+    }
+    print(format_eval_table(record))
+    print(EVAL_LEGEND)
+    print(f"load average at the end {record['load_average']['end']}")
+    if args.json is not None:
+        seconds = time.perf_counter() - started
+        command = command_line("python benchmarks/bench_eval.py", argv)
+        write_record(args.json, command=command, seconds=seconds, **record)
+        print(f"wrote {args.json}")
+    worst = max(row["max_abs_diff"] for row in protocols)
     if worst > 1e-12:
         print(f"MISMATCH: vectorised and loop results differ by {worst:.3e}", file=sys.stderr)
         return 1

@@ -6,26 +6,34 @@ Usage::
     python benchmarks/bench_train_step.py --device cuda --size real --dtype fp32 --dtype bf16
     python benchmarks/bench_train_step.py --size real --iters 1 --repeats 1   # ResNet-50 on CPU
     python benchmarks/bench_train_step.py --device cuda --size real --channels-last --compile
+    python benchmarks/bench_train_step.py --json step.json    # also write the results file
 
 The same measurement as the ``train`` section of ``dclnet benchmark``
 (:func:`dclnet.bench.train_step.bench_train_step`), with every knob exposed: each variant
 and precision runs ``warmup`` untimed steps, then ``repeats`` blocks of ``iters`` steps; the
 fastest block is reported. The last column compares each step's time with the plain
-ResNet forward + backward of the same batch.
+ResNet forward + backward of the same batch. ``--json OUT`` writes the rows with the command,
+machine, torch version, thread count and wall time (:mod:`dclnet.bench.results`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import time
+from pathlib import Path
 
 import torch
 
-from dclnet.bench.common import DTYPES, SIZES, Row, format_rows, machine, megabytes
+from dclnet.bench.common import DTYPES, SIZES, Row, format_rows, machine, megabytes, rows_as_json
+from dclnet.bench.results import command_line, write_record
 from dclnet.bench.train_step import VARIANTS, bench_train_step
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--size", default="small", choices=tuple(SIZES))
@@ -42,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +117,23 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
     print(format_rows(rows))
+    if args.json is not None:
+        settings = {
+            **size.__dict__,
+            "dtypes": dtypes,
+            "variants": variants,
+            "channels_last": args.channels_last,
+            "compile": args.compile,
+        }
+        write_record(
+            args.json,
+            command=command_line("python benchmarks/bench_train_step.py", argv),
+            seconds=time.perf_counter() - started,
+            hardware=info,
+            settings=settings,
+            rows=rows_as_json(rows),
+        )
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

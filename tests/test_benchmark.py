@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from dclnet.bench.common import SIZES, BenchSize, Row, format_rows
 from dclnet.bench.components import dense_loss_shape
@@ -43,8 +44,8 @@ def _row(report, prefix):
 
 
 def test_report_has_every_section(report):
-    assert set(report) == {"machine", "settings", "rows"}
-    assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_count"] >= 1
+    assert set(report) == {"hardware", "settings", "rows"}
+    assert report["hardware"]["device"] == "cpu" and report["hardware"]["cpu_count"] >= 1
     assert report["settings"]["name"] == "tiny" and report["settings"]["dtypes"] == ["fp32"]
     names = [r["benchmark"] for r in report["rows"]]
     assert names == [
@@ -102,10 +103,20 @@ def test_cli_writes_json(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     out = tmp_path / "bench.json"
-    args = parser.parse_args(["benchmark", "--device", "cpu", "--only", "data", "--json", str(out)])
-    args.func(args)
+    argv = ["benchmark", "--device", "cpu", "--only", "data", "--threads", "1", "--json", str(out)]
+    args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        args.func(args)
+    finally:
+        torch.set_num_threads(threads)  # --threads sets it for the whole process
     printed = capsys.readouterr().out
     saved = json.loads(out.read_text())
+    # A results record: the command that wrote it, where it ran, how long it took.
+    assert saved["command"] == "dclnet " + " ".join(argv)
+    assert saved["threads"] == 1 and saved["torch"] and "cores" in saved["machine"]
+    assert saved["seconds"] > 0 and saved["hardware"]["torch_threads"] == 1
+    assert format_report(saved) in printed  # the file reprints as the console table
     assert [r["benchmark"] for r in saved["rows"]] == [
         "data: gather (pinned on CUDA)",
         "data: gather + copy + augment",

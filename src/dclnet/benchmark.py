@@ -5,16 +5,17 @@
     dclnet benchmark                                  # CPU-sized run (a few minutes)
     dclnet benchmark --device cuda --size real --json bench.json
 
-The pieces live in :mod:`dclnet.bench`; docs/benchmarks.md records results.
+The pieces live in :mod:`dclnet.bench`. ``--json OUT`` writes a results record (command,
+machine, torch version, threads, wall time, then the rows; :mod:`dclnet.bench.results`);
+the tables in docs/benchmarks.md and the README are regenerated from those files.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from dclnet.bench.components import (
     bench_extraction,
     dense_loss_shape,
 )
+from dclnet.bench.results import load_average, write_record
 from dclnet.bench.train_step import bench_data_pipeline, bench_train_step
 from dclnet.errors import ConfigError
 
@@ -159,7 +161,7 @@ def run_suite(
     channels_last: bool = False,
     compile: bool = False,
 ) -> dict[str, Any]:
-    """Run the benchmarks; returns ``{"machine", "settings", "rows"}`` (rows as dicts).
+    """Run the benchmarks; returns ``{"hardware", "settings", "rows"}`` (rows as dicts).
 
     Args:
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -192,7 +194,7 @@ def run_suite(
             raise ConfigError(f"unknown section {name!r}; valid: {', '.join(SECTIONS)}")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training
-    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    load_start = load_average()
     rows: list[Row] = []
     if "train" in sections:
         for dtype in dtypes:
@@ -211,12 +213,12 @@ def run_suite(
         "sections": list(sections),
         "load_average_start": load_start,  # other processes competing for the machine
     }
-    return {"machine": machine(dev), "settings": settings, "rows": rows_as_json(rows)}
+    return {"hardware": machine(dev), "settings": settings, "rows": rows_as_json(rows)}
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The printed form of :func:`run_suite`'s result: machine line, then the table."""
-    m = report["machine"]
+    m = report["hardware"]
     where = m.get("gpu") or m["cpu"]
     head = (
         f"dclnet benchmark, size {report['settings']['name']}: {where} "
@@ -226,7 +228,28 @@ def format_report(report: dict[str, Any]) -> str:
     return head + "\n" + format_rows([Row(**r) for r in report["rows"]])
 
 
+def command(args: argparse.Namespace) -> str:
+    """The ``dclnet benchmark`` command line that gives ``args`` (options left at their
+    defaults omitted)."""
+    words = ["dclnet", "benchmark"]
+    if args.device != "auto":
+        words += ["--device", args.device]
+    if args.size != "small":
+        words += ["--size", args.size]
+    for flag, values in (("--dtype", args.dtype), ("--only", args.only)):
+        for value in values or ():
+            words += [flag, value]
+    for flag in ("iters", "threads"):
+        if getattr(args, flag) is not None:
+            words += [f"--{flag}", str(getattr(args, flag))]
+    words += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
+    if args.json is not None:
+        words += ["--json", str(args.json)]
+    return " ".join(words)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = run_suite(
@@ -240,7 +263,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     )
     print(format_report(report))
     if args.json is not None:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        seconds = time.perf_counter() - started
+        write_record(args.json, command=command(args), seconds=seconds, **report)
         print(f"wrote {args.json}")
 
 
