@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 import yaml
 
 from dclnet.errors import ConfigError
+from dclnet.fileio import atomic_write
 
 DATASETS = ("synthetic", "sysu", "regdb", "llcm")
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -34,6 +33,7 @@ OPTIMIZERS = ("adam", "sgd")
 PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
 VALIDATION = ("none", "sysu", "fraction")
 AMP_DTYPES = ("auto", "bfloat16", "float16", "off")
+VERIFY_CACHE = ("stat", "hash")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class DataConfig:
     width: int = 144  # cached / network input width
     cache_dir: str | None = None  # default: $XDG_CACHE_HOME/dclnet or ~/.cache/dclnet
     skip_corrupt: bool = False  # drop (and list) undecodable images instead of failing
+    verify_cache: str = "stat"  # one of VERIFY_CACHE: reuse a cache if size+mtime / contents match
     num_ids: int = 8  # P identities per batch
     num_instances: int = 4  # K images per identity and modality
     synthetic_ids: int = 64  # identities of the built-in synthetic set
@@ -163,6 +164,7 @@ class Config:
 
 _CHOICES = {
     "data.dataset": DATASETS,
+    "data.verify_cache": VERIFY_CACHE,
     "model.arch": ARCHS,
     "loss.preset": PRESETS + (None,),
     "loss.metric_loss": METRIC_LOSSES,
@@ -229,8 +231,19 @@ _RANGES: dict[str, tuple] = {
 _ASCENDING = ("augment.erase_area", "augment.erase_aspect", "optim.milestones")
 # Free-form strings that must match a pattern: key -> (regex, what the valid values are).
 _PATTERNS = {
-    "train.device": (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+    "train.device": (r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N"),
 }
+
+
+def check_device(value: str, name: str = "train.device") -> str:
+    """Return ``value`` if it names a device (auto, cpu, cuda, cuda:N), else raise.
+
+    The rule of ``train.device``, also used for ``--device`` of ``dclnet test`` and friends.
+    """
+    pattern, valid = _PATTERNS["train.device"]
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
+        raise ConfigError(f"{name} has invalid value {value!r}; valid: {valid}")
+    return value
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -319,22 +332,26 @@ def _check_value(key: str, value: Any) -> None:
             raise ConfigError(f"config key {key!r} has invalid value {value!r}; valid: {valid}")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, values: dict[str, Any], prefix: str, *, saved: bool = False) -> Any:
+    """``cls`` from ``values``, validated; ``saved``: skip unknown keys, check types only."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
+            if saved:
+                continue
             raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(names)}")
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {full!r} must be a mapping of its fields")
-            kwargs[key] = _build(annotation, value, f"{full}.")
+            kwargs[key] = _build(annotation, value, f"{full}.", saved=saved)
         else:
             kwargs[key] = _coerce(full, value, annotation)
-            _check_value(full, kwargs[key])
+            if not saved:
+                _check_value(full, kwargs[key])
     return cls(**kwargs)
 
 
@@ -356,6 +373,38 @@ def from_dict(values: dict[str, Any]) -> Config:
     if not isinstance(values, dict):
         raise ConfigError("a config must be a mapping of sections (data, model, loss, ...)")
     return _build(Config, values, "")
+
+
+def check_saved(values: Any) -> None:
+    """Check the types of a config read back from a checkpoint.
+
+    Keys this dclnet does not know (a file of another version) are ignored and values are not
+    range-checked, so that an older run's checkpoint stays usable.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError("a config must be a mapping of sections (data, model, loss, ...)")
+    _build(Config, values, "", saved=True)
+
+
+def check_protocol(config: Config) -> Config:
+    """Check the ``eval.*`` settings against ``data.dataset``; return ``config``.
+
+    Done when a run's config is resolved, so that a setting the data set does not have
+    (``eval.direction=v2t`` for SYSU-MM01) fails before training, not at the final test.
+    """
+    from dclnet.data.splits import ProtocolSettings
+
+    dataset, defaults = config.data.dataset, EvalConfig()
+    trial = config.data.trial if dataset == "regdb" else None
+    for name in ("mode", "shots", "sampler", "direction"):
+        value = getattr(config.eval, name)
+        if value == getattr(defaults, name):  # the defaults hold for every data set
+            continue
+        try:
+            ProtocolSettings(dataset=dataset, trial=trial, **{name: value})
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'eval.{name}': {exc}") from None
+    return config
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -391,7 +440,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                f"offset {exc.start})"
+            ) from None
         except yaml.YAMLError as exc:
             detail = str(exc).replace("\n", " ")
             raise ConfigError(f"config file {path} is not valid YAML: {detail}") from None
@@ -400,20 +454,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values = loaded
     for item in overrides or []:
         values = _merge(values, parse_override(item))
-    return from_dict(values)
+    return check_protocol(from_dict(values))
 
 
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved config as YAML, atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(yaml.safe_dump(to_dict(config), sort_keys=False))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    with atomic_write(path) as fh:
+        fh.write(text)
 
 
 @dataclass(frozen=True)

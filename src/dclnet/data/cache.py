@@ -10,10 +10,16 @@ directory ``<cache_dir>/<name>-<H>x<W>-<key>``::
     .lock        advisory lock, so that concurrent processes (DDP ranks) build only once
 
 A later call reuses the directory when ``meta.json`` is complete and the fingerprint of the raw
-files (their size and modification time, no decoding) still matches; otherwise it rebuilds.
+files still matches; otherwise it rebuilds. The fingerprint is each file's size and
+modification time (``verify="stat"``, the default: no file is read), or with
+``verify="hash"`` the SHA-256 of each file's contents, for certainty when files may be
+replaced by others of the same size with their modification time restored (every file is
+read at every start; a cache built without hashes is rebuilt once).
 Every file is written to a temporary name and moved into place with ``os.replace``; the old
 ``meta.json`` is deleted before a rebuild starts, so a crash at any point leaves a directory
-that the next call rebuilds rather than trusts.
+that the next call rebuilds rather than trusts. The free space is checked before
+``images.npy`` is written through its memory map (a full disk there would kill the process
+with ``SIGBUS``).
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ from tqdm import tqdm
 from dclnet.data.imageio import READER_VERSION, load_image
 from dclnet.data.records import ImageSet, Record, check_modality
 from dclnet.errors import DataError
+from dclnet.fileio import atomic_write, disk_full_cause, disk_full_error, require_free_space
 
-__all__ = ["READER_VERSION", "CachedSet", "build_cache", "default_cache_dir"]
+__all__ = ["READER_VERSION", "VERIFY", "CachedSet", "build_cache", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,9 @@ _IMAGES = "images.npy"
 _META = "meta.json"
 _LOCK = ".lock"
 _COPY_ROWS = 256  # rows per chunk when compacting away skipped images
+_HASH_CHUNK = 1 << 20
+VERIFY = ("stat", "hash")  # what decides that the raw files are unchanged (see above)
+_SPACE_HINT = "free some space or set data.cache_dir (cache_dir=) to a folder on another disk"
 
 
 def default_cache_dir() -> Path:
@@ -122,6 +132,7 @@ def build_cache(
     skip_corrupt: bool = False,
     num_workers: int = 0,
     progress: bool = True,
+    verify: str = "stat",
 ) -> CachedSet:
     """Decode and resize ``records`` once into a keyed on-disk cache, or reuse a valid one.
 
@@ -136,6 +147,8 @@ def build_cache(
         num_workers: Decoding threads; 0 decodes in the calling thread. Images are still
             written in order, with at most ``2 * num_workers`` decoded images in flight.
         progress: Show a tqdm progress bar while building.
+        verify: How an existing cache is checked against the raw files: ``"stat"`` (size
+            and modification time) or ``"hash"`` (SHA-256 of the contents; reads every file).
 
     Returns:
         The cached set, images memory-mapped read-only.
@@ -150,6 +163,8 @@ def build_cache(
     size = _check_size(size)
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if verify not in VERIFY:
+        raise DataError(f"unknown cache verification {verify!r}; valid: {', '.join(VERIFY)}")
     if not records:
         raise DataError(f"no records to cache under {root}; check the data-set lists")
     key = _cache_key(root, records, size, name)
@@ -162,6 +177,8 @@ def build_cache(
         "records": [[r.path, int(r.label), int(r.cam), r.modality] for r in records],
         "files": stats,
     }
+    if verify == "hash":
+        header["content_sha256"] = _content_fingerprint(root, records, stats)
     directory = _make_directory(cache_dir, key)
     with _locked(directory):
         meta, images, reason = _load_valid(directory, header)
@@ -247,6 +264,24 @@ def _fingerprint(records: Sequence[Record], stats: list[list[int]]) -> str:
     return digest.hexdigest()
 
 
+def _content_fingerprint(root: Path, records: Sequence[Record], stats: list[list[int]]) -> str:
+    """SHA-256 over every raw file's path and contents (``verify="hash"``)."""
+    digest = hashlib.sha256()
+    for r, (nbytes, _) in zip(records, stats):
+        digest.update(f"{r.path}\0".encode())
+        if nbytes < 0:  # missing, skipped with skip_corrupt
+            digest.update(b"missing\n")
+            continue
+        try:
+            with open(root / r.path, "rb") as handle:
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise DataError(f"cannot read image {root / r.path}: {exc.strerror}") from exc
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def _load_valid(directory: Path, header: dict) -> tuple[dict | None, np.ndarray | None, str]:
     """``(meta, images, "")`` for a complete, current cache, else ``(None, None, why)``."""
     meta_path = directory / _META
@@ -260,7 +295,12 @@ def _load_valid(directory: Path, header: dict) -> tuple[dict | None, np.ndarray 
         return None, None, "meta.json is incomplete"
     if meta.get("format") != header["format"] or meta.get("key") != header["key"]:
         return None, None, "meta.json was written for another key or format"
-    if meta.get("fingerprint") != header["fingerprint"]:
+    if "content_sha256" in header:  # verify="hash": the contents decide, not size + mtime
+        if "content_sha256" not in meta:
+            return None, None, "the cache was built without content hashes (verify_cache=hash)"
+        if meta["content_sha256"] != header["content_sha256"]:
+            return None, None, "raw file contents changed since the cache was built"
+    elif meta.get("fingerprint") != header["fingerprint"]:
         return None, None, _describe_changes(meta, header["files"])
     try:
         images = np.load(directory / _IMAGES, mmap_mode="r")
@@ -302,9 +342,10 @@ def _build(
         logger.info("removing stale temporary file %s", stale)
         stale.unlink(missing_ok=True)
     start = time.perf_counter()
+    shape = (len(paths), *size, 3)
+    require_free_space(directory, _npy_bytes(shape), f"{_IMAGES} of {name}", _SPACE_HINT)
     tmp: Path | None = _temp_path(directory, "images")
     try:
-        shape = (len(paths), *size, 3)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         bar = tqdm(total=len(paths), desc=f"caching {name}", unit="img", disable=not progress)
         with bar:
@@ -316,6 +357,10 @@ def _build(
         _fsync(tmp)
         os.replace(tmp, directory / _IMAGES)
         tmp = None
+    except OSError as exc:
+        if disk_full_cause(exc) is not None:
+            raise disk_full_error(directory, _IMAGES) from exc
+        raise
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -392,9 +437,10 @@ def _compact(tmp: Path, directory: Path, rows: int) -> Path:
     if rows == 0:
         raise DataError(f"no readable images to cache in {directory}; check the data-set files")
     source = np.load(tmp, mmap_mode="r")
+    shape = (rows, *source.shape[1:])
+    require_free_space(directory, _npy_bytes(shape), f"the compacted {_IMAGES}", _SPACE_HINT)
     target_path = _temp_path(directory, "images")
     try:
-        shape = (rows, *source.shape[1:])
         target = np.lib.format.open_memmap(target_path, mode="w+", dtype=np.uint8, shape=shape)
         for start in range(0, rows, _COPY_ROWS):
             stop = min(start + _COPY_ROWS, rows)
@@ -408,6 +454,11 @@ def _compact(tmp: Path, directory: Path, rows: int) -> Path:
     return target_path
 
 
+def _npy_bytes(shape: tuple[int, ...]) -> int:
+    """Size of a uint8 ``.npy`` of ``shape``, with a generous allowance for its header."""
+    return int(np.prod(shape, dtype=np.int64)) + 4096
+
+
 def _temp_path(directory: Path, stem: str) -> Path:
     # Hidden and ending in ".tmp", so that a later build can find and remove leftovers.
     return directory / f".{stem}.{uuid.uuid4().hex}.tmp"
@@ -419,15 +470,8 @@ def _fsync(path: Path) -> None:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = _temp_path(path.parent, path.stem)
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, fsync=True) as handle:
+        json.dump(data, handle)
     with contextlib.suppress(OSError):  # make the renames durable; not possible everywhere
         fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -130,6 +130,7 @@ def _train_sets(
     synthetic_ids: int,
     synthetic_seed: int,
     progress: bool,
+    verify_cache: str = "stat",
 ):
     """(visible, infrared, val_ids or None) with the data set's own labels."""
     if dataset == "synthetic":
@@ -174,6 +175,7 @@ def _train_sets(
         name=name,
         skip_corrupt=skip_corrupt,
         progress=progress,
+        verify=verify_cache,
     )
     return cached.image_set(VISIBLE), cached.image_set(INFRARED), val_ids
 
@@ -190,6 +192,7 @@ def load_train_data(
     size: tuple[int, int] = (288, 144),
     cache_dir: str | Path | None = None,
     skip_corrupt: bool = False,
+    verify_cache: str = "stat",
     synthetic_ids: int = 64,
     synthetic_seed: int = 0,
     validation: str = "none",
@@ -200,6 +203,8 @@ def load_train_data(
     """Training arrays of ``dataset`` (``"synthetic"``, ``"sysu"``, ``"regdb"``, ``"llcm"``).
 
     Args:
+        verify_cache: How a cache is checked against the raw files: ``"stat"`` (size and
+            modification time) or ``"hash"`` (file contents), see :mod:`dclnet.data.cache`.
         validation: ``"none"``; ``"sysu"``: hold out the data set's own validation
             identities (SYSU-MM01's ``exp/val_id.txt``; the synthetic set's val ids);
             ``"fraction"``: hold out ``val_fraction`` of the training identities (seeded).
@@ -218,6 +223,7 @@ def load_train_data(
         synthetic_ids=synthetic_ids,
         synthetic_seed=synthetic_seed,
         progress=progress,
+        verify_cache=verify_cache,
     )
     visible, infrared, _ = _relabel(visible, infrared)
     held = None
@@ -253,6 +259,7 @@ def load_eval_data(
     size: tuple[int, int] = (288, 144),
     cache_dir: str | Path | None = None,
     skip_corrupt: bool = False,
+    verify_cache: str = "stat",
     synthetic_ids: int = 64,
     synthetic_seed: int = 0,
     mode: str = "all",
@@ -293,6 +300,7 @@ def load_eval_data(
             name=f"{dataset}-test",
             skip_corrupt=False,
             progress=progress,
+            verify=verify_cache,
         )
         images = cached.images
     return EvalData(

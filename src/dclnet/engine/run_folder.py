@@ -125,6 +125,56 @@ def _check_run_folder(output: Path, *, resume: bool, overwrite: bool) -> None:
         logger.info("--overwrite: deleted %s from %s", ", ".join(present), output)
 
 
+# What a resumed run cannot change: the network's shape and input, the data it trains on, the
+# optimiser type and the loss recipe (which decides the frozen parameters, hence the optimiser's
+# parameter groups). Anything else (epochs, learning rate, logging) may change on resume.
+RESUME_FIXED = {
+    "data.dataset": "the training data",
+    "data.trial": "the training data",
+    "data.height": "the network input",
+    "data.width": "the network input",
+    "model.arch": "the architecture",
+    "model.split": "the architecture",
+    "model.num_parts": "the architecture",
+    "model.gem_p": "the architecture",
+    "model.layer3_stride": "the architecture",
+    "loss.preset": "the loss recipe",
+    "optim.optimizer": "the optimiser",
+}
+_LOSS_TERMS = ("id", "metric", "part_id", "pap", "dcl")
+_FIX = "resume without that override, or start a new run (--overwrite or another --output)"
+
+
+def check_resume_config(saved: dict, new: dict, checkpoint: Path) -> None:
+    """Raise if ``new`` (a resolved config as a dict) changes a key a resume cannot change.
+
+    Args:
+        saved: The config stored in the checkpoint being resumed (keys it lacks are not
+            compared: a checkpoint of an older dclnet).
+        new: The config of the resumed run.
+        checkpoint: The checkpoint, for the message.
+    """
+    for key, what in RESUME_FIXED.items():
+        section, name = key.split(".")
+        if name not in saved.get(section, {}):
+            continue
+        old, value = saved[section][name], new[section][name]
+        if old != value:
+            raise TrainingError(
+                f"--resume cannot change {key} ({old!r} in {checkpoint}, now {value!r}): it "
+                f"changes {what}; {_FIX}"
+            )
+    if new["loss"]["preset"] is not None:
+        return
+    for term in _LOSS_TERMS:  # a weight may change, but not switch a term on or off
+        old, value = saved.get("loss", {}).get(term), new["loss"][term]
+        if old is not None and (old == 0) != (value == 0):
+            raise TrainingError(
+                f"--resume cannot switch loss.{term} {'on' if value else 'off'} ({old!r} in "
+                f"{checkpoint}, now {value!r}): it changes which parameters train; {_FIX}"
+            )
+
+
 def truncate_metrics(path: Path, last_step: int, *, drop_test: bool) -> None:
     """Keep the events of a resumed run up to its checkpoint (``step <= last_step``).
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dclnet.config import Config, load_config, to_dict
+from dclnet.config import Config, check_protocol, from_dict, load_config, to_dict
 from dclnet.data.datasets import load_eval_data
 from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
@@ -38,6 +38,7 @@ def resolve_run_config(
     cfg = _with_data(
         cfg, dataset=dataset, root=str(root) if root is not None else None, trial=trial
     )
+    check_protocol(from_dict(to_dict(cfg)))  # --dataset may have changed what eval.* allows
     if cfg.data.dataset != "synthetic" and cfg.data.root is None:
         raise ConfigError(f"data set {cfg.data.dataset!r} needs --root (the raw data-set folder)")
     return cfg
@@ -155,9 +156,9 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
         with warnings.catch_warnings():  # weights come from the checkpoint, not random init
             warnings.simplefilter("ignore", RandomInitWarning)
             model = DCLNet(**args)
-    except TypeError as exc:
+    except (TypeError, ValueError, DclnetError) as exc:
         raise CheckpointError(
-            f"{checkpoint}: model_args {sorted(args)} do not match this dclnet's DCLNet ({exc})"
+            f"checkpoint {checkpoint}: field 'model_args' does not build a DCLNet ({exc})"
         ) from None
     try:
         model.load_state_dict(state["model"])

@@ -15,13 +15,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dclnet.config import Config, DataConfig, save_config, to_dict
+from dclnet.config import Config, DataConfig, check_device, save_config, to_dict
 from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from dclnet.data.datasets import EvalData, TrainData, load_eval_data, load_train_data
 from dclnet.data.sampler import CrossModalitySampler
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.run_folder import (
+    check_resume_config,
     claim_run_folder,
     release_run_folder,
     truncate_metrics,
@@ -51,13 +52,24 @@ from dclnet.models.dclnet import DCLNet
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; otherwise the named device."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; otherwise the named device.
+
+    ``option`` names the setting in messages (``"--device"`` for the commands).
+    """
+    check_device(name, option)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available; use cpu or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option}={name!r} but CUDA is not available; use cpu or auto")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"{option}={name!r} but this machine has {count} CUDA device(s): "
+                f"cuda:0..cuda:{count - 1}"
+            )
     return device
 
 
@@ -166,12 +178,21 @@ def _restore(path: Path, model: DCLNet, optimizer, scheduler, scaler) -> dict[st
             raise CheckpointError(
                 f"{path} has no {key!r}: it is a model-only checkpoint and cannot be resumed"
             )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
+    parts = [
+        ("model", lambda: model.load_state_dict(state["model"])),
+        ("optimizer", lambda: optimizer.load_state_dict(state["optimizer"])),
+        ("scheduler", lambda: scheduler.load_state_dict(state["scheduler"])),
+        ("scaler", lambda: state.get("scaler") and scaler.load_state_dict(state["scaler"])),
+        ("rng", lambda: torch.set_rng_state(state["rng"]["torch"])),
+    ]
+    for key, load in parts:
+        try:
+            load()
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise CheckpointError(
+                f"checkpoint {path}: field {key!r} does not fit this run ({detail})"
+            ) from None
     return state
 
 
@@ -182,6 +203,7 @@ def _source_kwargs(d: DataConfig) -> dict[str, Any]:
         "size": (d.height, d.width),
         "cache_dir": d.cache_dir,
         "skip_corrupt": d.skip_corrupt,
+        "verify_cache": d.verify_cache,
         "synthetic_ids": d.synthetic_ids,
         "synthetic_seed": d.synthetic_seed,
     }
@@ -226,6 +248,9 @@ def fit(
         ``{"test": ProtocolResult JSON or None, "validation": best validation metrics or None}``.
     """
     output = Path(output)
+    if resume and (output / "last.pt").is_file():  # every rank: all stop, or none
+        saved = load_checkpoint(output / "last.pt").get("config") or {}
+        check_resume_config(saved, to_dict(cfg), output / "last.pt")
     lock = None
     if dist_utils.rank() == 0:  # rank 0 alone writes the folder
         lock = claim_run_folder(output, resume=resume, overwrite=overwrite)

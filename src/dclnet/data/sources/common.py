@@ -198,29 +198,37 @@ def _check_entries_exist(index: Path, root: Path, entries: list[IndexEntry]) -> 
             )
 
 
-def _is_image_entry(entry: os.DirEntry) -> bool:
-    """An image name that is a file, or a broken symbolic link (dangling or a loop).
-
-    Broken links stay in the listing so that decoding reports them (an error, or a listed
-    skip with ``skip_corrupt``) instead of the protocol lists silently losing an image.
-    """
+def _image_entry_state(entry: os.DirEntry) -> str:
+    """``"image"``, ``"broken"`` (an image name on a dangling link or a link loop) or ``""``."""
     if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES):
-        return False
+        return ""
     try:
-        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+        if entry.is_file():
+            return "image"
+        return "broken" if entry.is_symlink() and not os.path.exists(entry.path) else ""
     except OSError:  # a symbolic-link loop cannot be followed
-        return True
+        return "broken"
 
 
 def list_images(directory: Path) -> list[str]:
     """Sorted names of the image files directly inside ``directory`` (hidden files skipped).
 
     Raises:
-        DataError: an image's file name is not valid UTF-8 (it could not be written to a
-            list, cache or results file).
+        DataError: an image name is a broken symbolic link (dangling, or a loop): leaving it
+            out would silently change the protocol lists; or an image's file name is not
+            valid UTF-8 (it could not be written to a list, cache or results file).
     """
     with os.scandir(directory) as scan:
-        names = [entry.name for entry in scan if _is_image_entry(entry)]
+        states = {entry.name: _image_entry_state(entry) for entry in scan}
+    broken = sorted(name for name, state in states.items() if state == "broken")
+    if broken:
+        link = Path(directory) / broken[0]
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise DataError(
+            f"{link}{more}: broken symbolic link (to {os.readlink(link)!r}); restore its "
+            "target or remove it"
+        )
+    names = [name for name, state in states.items() if state == "image"]
     for name in names:
         try:
             name.encode("utf-8")
