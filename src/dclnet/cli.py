@@ -466,8 +466,35 @@ def _env_rank() -> int:
     return env_rank()
 
 
+# Commands whose --output is a folder (for the others it is a file); --json/--csv are files.
+_OUTPUT_DIRS = ("train", "demo", "index")
+# Integer options and their smallest valid value, whichever command has them.
+_MINIMUMS = {"batch_size": 1, "workers": 0, "topk": 1, "chunk_size": 1}
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse output paths, devices and counts that cannot work, before any work starts."""
+    from dclnet.config import check_device
+    from dclnet.fileio import check_output_dir, check_output_file
+
+    for name in ("json", "csv"):
+        if getattr(args, name, None) is not None:
+            check_output_file(getattr(args, name))
+    if getattr(args, "output", None) is not None:
+        check = check_output_dir if args.command in _OUTPUT_DIRS else check_output_file
+        check(args.output)
+    if getattr(args, "device", None) is not None:
+        check_device(args.device, "--device")
+    for name, low in _MINIMUMS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < low:
+            option = "--" + name.replace("_", "-")
+            raise DclnetError(f"{option} must be >= {low}, got {value}")
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
+        _check_arguments(args)
         args.func(args)
     except KeyboardInterrupt:
         print("interrupted; continue a training run with --resume", file=sys.stderr)

@@ -30,7 +30,7 @@ from PIL import Image
 from torch import Tensor
 
 from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
-from dclnet.data.imageio import load_image
+from dclnet.data.imageio import load_image, to_rgb
 from dclnet.data.records import check_modality
 from dclnet.errors import CheckpointError, ConfigError, DataError
 from dclnet.models.resnet import RandomInitWarning
@@ -107,23 +107,23 @@ def checkpoint_identity(state: dict[str, Any]) -> str:
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; otherwise the named device."""
+    """``"auto"`` → CUDA when available, else CPU; otherwise the named device.
+
+    The rule of ``train.device`` (auto, cpu, cuda, cuda:N), with messages naming ``--device``.
+    """
     if isinstance(name, torch.device):
         return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r} but CUDA is not available; use cpu or auto")
-    return device
+    from dclnet.engine.train import resolve_device as resolve
+
+    return resolve(name, "--device")
 
 
 def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """A PIL image as ``H x W x 3`` uint8 RGB at ``size = (height, width)``, LANCZOS-resized."""
-    rgb = image.convert("RGB")
+    """A PIL image as ``H x W x 3`` uint8 RGB at ``size = (height, width)``, LANCZOS-resized.
+
+    16-bit greyscale is scaled to 8 bits as the caches do (:func:`~dclnet.data.imageio.to_rgb`).
+    """
+    rgb = to_rgb(image)
     height, width = size
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), _LANCZOS)
@@ -145,14 +145,29 @@ def to_uint8(item: ImageInput, size: tuple[int, int], where: str = "input") -> n
     if isinstance(item, (str, Path)):
         return load_image(Path(item), size)
     if isinstance(item, Image.Image):
+        if 0 in item.size:
+            raise DataError(f"{where}: PIL image of size {item.size} has no pixels")
         return resize_rgb(item, size)
     if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3:
         if item.shape[-1] == 3:
+            if item.size == 0:
+                raise DataError(f"{where}: {_describe(item)} has no pixels")
             return resize_rgb(Image.fromarray(np.ascontiguousarray(item)), size)
     raise DataError(
         f"{where}: expected a file path, a PIL image or an H x W x 3 uint8 array, got "
         f"{_describe(item)}"
     )
+
+
+def _check_finite_input(images: Tensor) -> None:
+    """Raise if a float ``N x 3 x H x W`` input holds NaN or infinity (naming the image)."""
+    finite = torch.isfinite(images).flatten(1).all(dim=1)  # N
+    if not finite.all():
+        first = int(torch.nonzero(~finite)[0, 0])
+        raise DataError(
+            f"float input tensor holds NaN or infinity in image {first} "
+            f"({int((~finite).sum())} of {len(finite)} images); its embedding would be NaN"
+        )
 
 
 class Embedder:
@@ -219,6 +234,8 @@ class Embedder:
         (which must have the checkpoint's size).
         """
         pre = self.preprocessing
+        if isinstance(inputs, (Tensor, np.ndarray)) and inputs.shape and inputs.shape[0] == 0:
+            raise DataError(f"no images given: input {_describe(inputs)} is empty")
         if isinstance(inputs, Tensor) and inputs.is_floating_point():
             if inputs.ndim != 4 or tuple(inputs.shape[1:]) != (3, *pre.size):
                 raise DataError(
@@ -226,6 +243,7 @@ class Embedder:
                     f"N x 3 x {pre.height} x {pre.width}; pass uint8 N x H x W x 3 pixels "
                     "(or files / PIL images) to have them resized"
                 )
+            _check_finite_input(inputs)
             return inputs.to(self.device, torch.float32)
         if isinstance(inputs, (Tensor, np.ndarray)):
             array = inputs.cpu().numpy() if isinstance(inputs, Tensor) else inputs
@@ -235,7 +253,7 @@ class Embedder:
                     "normalised float N x 3 x H x W tensor"
                 )
             if tuple(array.shape[1:3]) != pre.size:
-                array = np.stack([to_uint8(a, pre.size) for a in array])
+                array = np.stack([to_uint8(a, pre.size, f"input {i}") for i, a in enumerate(array)])
             return self._normalise(array)
         if isinstance(inputs, (str, Path, Image.Image)):
             raise DataError(
@@ -305,16 +323,32 @@ class Embedder:
         check_modality(modality)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.ndim == 4:
+            _check_finite_input(inputs)  # here, so that the image index counts from the start
         batches = _chunks(inputs, batch_size)
         embeddings, masks = [], []
         for chunk in batches:
             images = self.prepare(chunk)  # B x 3 x H x W
-            embeddings.append(self.model.embed(images, modality, flip=flip).float().cpu())
+            emb = self.model.embed(images, modality, flip=flip).float().cpu()  # B x D
+            self._check_finite(emb, sum(len(e) for e in embeddings))
+            embeddings.append(emb)
             if return_masks:
                 masks.append(self.model.predict_masks(images, modality).cpu())
         if return_masks:
             return torch.cat(embeddings), torch.cat(masks)
         return torch.cat(embeddings)
+
+    def _check_finite(self, emb: Tensor, offset: int, names: Sequence[Any] | None = None) -> None:
+        """Raise if the network produced NaN/inf (from finite inputs: the weights are at fault)."""
+        bad = ~torch.isfinite(emb).all(dim=1)  # B
+        if bad.any():
+            row = int(torch.nonzero(bad)[0, 0])
+            which = f"{names[row]}" if names is not None else f"input {offset + row}"
+            source = self.checkpoint or "the model"
+            raise CheckpointError(
+                f"{source}: the embedding of {which} is NaN or infinite although the input is "
+                "finite; the weights hold non-finite values (a diverged run?)"
+            )
 
     @torch.no_grad()  # not inference_mode: callers may reuse the outputs in autograd
     def embed_paths_streaming(
@@ -373,6 +407,7 @@ class Embedder:
                     continue
                 images = self._normalise(np.stack([pixels[k] for k in kept]))
                 emb = self.model.embed(images, modality, flip=flip).float().cpu()
+                self._check_finite(emb, 0, [chunk[k] for k in kept])
                 yield [chunk[k] for k in kept], emb
         finally:
             if pool is not None:

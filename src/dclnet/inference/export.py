@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import Tensor, nn
 import dclnet
 from dclnet.data.records import VISIBLE, check_modality
 from dclnet.errors import ConfigError, DclnetError
+from dclnet.fileio import atomic_path, atomic_write, check_output_file
 from dclnet.inference.api import Embedder
 
 logger = logging.getLogger(__name__)
@@ -128,8 +127,7 @@ def export_embedding(
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if check_batch == example_batch:
         raise ConfigError("check_batch must differ from example_batch (dynamic batch check)")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = check_output_file(output)  # before the export's minutes of work
     net = EmbeddingNet(embedder.model, modality)
     pre = embedder.preprocessing
     gen = torch.Generator().manual_seed(0)
@@ -165,8 +163,7 @@ def _export_onnx(net: nn.Module, example: Tensor, output: Path, meta: dict[str, 
         raise DclnetError(
             "ONNX export needs onnx and onnxscript: pip install 'dclnet[export]'"
         ) from None
-    tmp = _temp_path(output)
-    try:
+    with atomic_path(output) as tmp:
         torch.onnx.export(
             net,
             (example,),
@@ -183,21 +180,14 @@ def _export_onnx(net: nn.Module, example: Tensor, output: Path, meta: dict[str, 
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, json.dumps(value)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _export_torchscript(
     net: nn.Module, example: Tensor, output: Path, meta: dict[str, Any]
 ) -> None:
     traced = torch.jit.trace(net, example, check_trace=False)  # checked below, on another N
-    tmp = _temp_path(output)
-    try:
+    with atomic_path(output) as tmp:
         torch.jit.save(traced, str(tmp), _extra_files={"dclnet.json": json.dumps(meta)})
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _run_exported(fmt: str, path: Path, images: Tensor) -> Tensor | None:
@@ -214,16 +204,6 @@ def _run_exported(fmt: str, path: Path, images: Tensor) -> Tensor | None:
     return torch.from_numpy(out)
 
 
-def _temp_path(output: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(name)
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(text + "\n")

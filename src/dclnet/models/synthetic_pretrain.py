@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tqdm.auto import tqdm
 
 from dclnet.data.augment import AugmentConfig, augment_batch
 from dclnet.data.records import INFRARED, VISIBLE
+from dclnet.fileio import atomic_write
 from dclnet.models.pooling import GeM
 from dclnet.models.resnet import build_resnet
 
@@ -159,14 +158,7 @@ def synthetic_backbone(
     state = pretrain_backbone(
         arch, size, layer3_stride=layer3_stride, ids=ids, steps=steps, progress=progress
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
     logger.info("synthetic pretraining took %.0f s", time.perf_counter() - start)
     return path
