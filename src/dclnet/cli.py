@@ -218,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    from dclnet.config import format_keys, load_config, to_dict
+    from dclnet.config import check_protocol, format_keys, load_config, to_dict
 
     if args.keys:
         if args.config is not None or args.overrides:
@@ -227,7 +227,7 @@ def cmd_config(args: argparse.Namespace) -> None:
         return
     import yaml
 
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    cfg = check_protocol(load_config(resolve_config_path(args.config), args.overrides))
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
 
 

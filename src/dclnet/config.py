@@ -389,8 +389,9 @@ def check_saved(values: Any) -> None:
 def check_protocol(config: Config) -> Config:
     """Check the ``eval.*`` settings against ``data.dataset``; return ``config``.
 
-    Done when a run's config is resolved, so that a setting the data set does not have
-    (``eval.direction=v2t`` for SYSU-MM01) fails before training, not at the final test.
+    Done once a run's config is complete (recipe, overrides, then ``--dataset``), so that a
+    setting the data set does not have (``eval.direction=v2t`` for SYSU-MM01) fails before
+    training, not at the final test.
     """
     from dclnet.data.splits import ProtocolSettings
 
@@ -454,7 +455,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values = loaded
     for item in overrides or []:
         values = _merge(values, parse_override(item))
-    return check_protocol(from_dict(values))
+    return from_dict(values)
 
 
 def save_config(config: Config, path: Path) -> None:

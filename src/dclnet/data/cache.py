@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dclnet.data.imageio import READER_VERSION, load_image
+from dclnet.data.imageio import READER_VERSION, load_image, unreadable_reason
 from dclnet.data.records import ImageSet, Record, check_modality
 from dclnet.errors import DataError
 from dclnet.fileio import atomic_write, disk_full_cause, disk_full_error, require_free_space
@@ -250,8 +250,8 @@ def _stat_files(root: Path, records: Sequence[Record], skip_corrupt: bool) -> li
         except OSError as exc:
             if not skip_corrupt:
                 raise DataError(
-                    f"cannot read image {root / r.path}: {exc.strerror}; check the data-set "
-                    "root and lists, or pass skip_corrupt=True"
+                    f"cannot read image {root / r.path}: {unreadable_reason(root / r.path, exc)}; "
+                    "check the data-set root and lists, or pass skip_corrupt=True"
                 ) from exc
             stats.append([-1, -1])
     return stats

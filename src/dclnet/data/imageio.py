@@ -50,6 +50,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
+def unreadable_reason(path: Path, exc: BaseException) -> str:
+    """Why ``path`` could not be read, in words (a dangling link says where it points)."""
+    if isinstance(exc, FileNotFoundError) and Path(path).is_symlink():
+        return f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+
+
 def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """Decode an image file into RGB pixels, optionally resized with antialiasing.
 
@@ -77,10 +85,7 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
                 rgb = rgb.resize((width, height), _LANCZOS)
         return np.array(rgb, dtype=np.uint8)  # a writable copy, not a view of PIL's buffer
     except _DECODE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, FileNotFoundError) and path.is_symlink():
-            reason = f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
         raise DataError(
-            f"cannot decode image {path}: {reason}; "
+            f"cannot decode image {path}: {unreadable_reason(path, exc)}; "
             "remove or replace the file, or pass skip_corrupt=True"
         ) from exc
