@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,3 +291,220 @@ def test_corrupt_gallery_image(world, embedder, tmp_path):
     assert index.embeddings.shape == (5, 512)
     want = embedder.embed([gallery / p for p in index.paths], "visible")
     np.testing.assert_allclose(index.embeddings, want.numpy(), atol=1e-5)
+
+
+# -- appending -----------------------------------------------------------------------------
+
+
+def split_gallery(world, tmp_path):
+    """A copy of the gallery without cam5 (``g``), and cam5 kept aside to add later."""
+    gallery = tmp_path / "g"
+    shutil.copytree(world["gallery"], gallery)
+    shutil.move(gallery / "cam5", tmp_path / "cam5")
+    return gallery, lambda: shutil.move(tmp_path / "cam5", gallery / "cam5")
+
+
+def ranked(embedder, index, world, **kwargs):
+    """``{query: [(path, score), ...]}`` of a search over ``index``."""
+    queries = [world["queries"] / p for p in list_images(world["queries"])]
+    results = search(embedder, index, queries, "infrared", topk=30, **kwargs)
+    return {r.query: list(zip(r.paths, r.scores)) for r in results}
+
+
+def assert_same_ranking(a, b):
+    assert a.keys() == b.keys()
+    for query in a:
+        assert [p for p, _ in a[query]] == [p for p, _ in b[query]]
+        np.testing.assert_allclose([s for _, s in a[query]], [s for _, s in b[query]], atol=1e-5)
+
+
+def test_append_equals_one_shot_build(world, embedder, tmp_path, capsys):
+    gallery, restore = split_gallery(world, tmp_path)
+    write_index(embedder, gallery, "visible", tmp_path / "idx", progress=False)
+    restore()
+    embedded: list[str] = []
+    original = Embedder.embed_paths_streaming
+
+    def recording(self, paths, *args, **kwargs):
+        embedded.extend(Path(p).relative_to(gallery).as_posix() for p in paths)
+        return original(self, paths, *args, **kwargs)
+
+    argv = ["index", "--checkpoint", str(world["ckpt"]), "--output", str(tmp_path / "idx")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Embedder, "embed_paths_streaming", recording)
+        assert run_cli([*argv, "--append", "--images", str(gallery / "cam5"), "--no-progress"]) == 0
+    assert "appended 7 new visible images" in capsys.readouterr().out
+    assert embedded and all(p.startswith("cam5/") for p in embedded)  # only the new images
+    appended = load_index(tmp_path / "idx")
+    one_shot = write_index(embedder, gallery, "visible", tmp_path / "full", progress=False)
+    assert sorted(appended.paths) == one_shot.paths and appended.paths[-7:] == embedded
+    assert_same_ranking(ranked(embedder, appended, world), ranked(embedder, one_shot, world))
+    assert run_cli([*argv, "--append", "--no-progress"]) == 0  # nothing new below the root
+    assert "appended 0 new" in capsys.readouterr().out
+    assert len(load_index(tmp_path / "idx")) == len(one_shot)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "g", "idx"]
+
+
+def test_append_refusals(world, embedder, tmp_path, capsys):
+    write_index(embedder, world["gallery"], "visible", tmp_path / "idx", progress=False)
+    base = ["index", "--output", str(tmp_path / "idx"), "--append", "--no-progress"]
+    cases = [
+        (["--checkpoint", str(world["other"])], "different model"),
+        (["--checkpoint", str(world["ckpt"]), "--modality", "infrared"], "holds visible images"),
+        (["--checkpoint", str(world["ckpt"]), "--images", str(tmp_path)], "outside the gallery"),
+        (["--checkpoint", str(world["ckpt"]), "--backend", "exact"], "drop --backend"),
+    ]
+    for extra, message in cases:
+        assert run_cli(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert load_index(tmp_path / "idx").paths == list_images(world["gallery"])  # untouched
+
+
+# -- malformed index folders (one line naming the file and the fix) -----------------------
+
+
+def _break_meta(meta: dict, case: str):
+    if case == "list":
+        return [meta]
+    if case.startswith("no-"):
+        return {k: v for k, v in meta.items() if k != case[3:]}
+    key, value = case.split("=", 1)
+    return {**meta, key: json.loads(value)}
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("list", "not a dclnet index meta file (a JSON list)"),
+        ("no-paths", "lacks the key 'paths'"),
+        ("no-root", "lacks the key 'root'"),
+        ("no-checkpoint_identity", "lacks the key 'checkpoint_identity'"),
+        ("no-embed_dim", "lacks the key 'embed_dim'"),
+        ('format_version="1"', "'format_version' must be an integer"),
+        ("format_version=99", "version 99 is not supported"),
+        ("paths=[1, 2]", "'paths' must be a list of strings"),
+        ('modality="rgb"', "'modality' must be one of"),
+        ("count=3", "'count' != len(paths)"),
+        ('backend="annoy"', "'backend' must be one of"),
+        ("embed_dim=7", "embeddings.npy: holds float32 of shape"),
+    ],
+)
+def test_malformed_meta_is_one_line(world, embedder, tmp_path, capsys, case, message):
+    idx = tmp_path / "idx"
+    write_index(embedder, world["gallery"], "visible", idx, progress=False)
+    meta = json.loads((idx / "meta.json").read_text())
+    (idx / "meta.json").write_text(json.dumps(_break_meta(meta, case)))
+    with pytest.raises(DataError, match="rebuild the index") as info:
+        load_index(idx)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    argv = ["search", "--checkpoint", str(world["ckpt"]), "--index", str(idx)]
+    assert run_cli([*argv, "--query", str(world["queries"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_embeddings_of_another_width(world, embedder, tmp_path):
+    idx = tmp_path / "idx"
+    index = write_index(embedder, world["gallery"], "visible", idx, progress=False)
+    narrow = np.ascontiguousarray(index.embeddings[:, :256])
+    meta = json.loads((idx / "meta.json").read_text())
+    del index
+    np.save(idx / "embeddings.npy", narrow)  # the file and meta.json agree: 256-d
+    (idx / "meta.json").write_text(json.dumps({**meta, "embed_dim": 256}))
+    with pytest.raises(DataError, match="holds 256-d embeddings but .* embeds 512-d"):
+        search(embedder, load_index(idx), [world["gallery"] / "x.jpg"], "infrared")
+    np.save(idx / "embeddings.npy", narrow.astype(np.int32))
+    with pytest.raises(DataError, match="holds int32 of shape"):
+        load_index(idx)
+
+
+# -- NaN and inf ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_gallery_is_refused(world, embedder, tmp_path, capsys, value):
+    idx = tmp_path / "idx"
+    index = write_index(embedder, world["gallery"], "visible", idx, progress=False)
+    rows = np.array(index.embeddings)
+    rows[5, :] = value
+    del index
+    np.save(idx / "embeddings.npy", rows)
+    bad = list_images(world["gallery"])[5]
+    with pytest.raises(DataError, match=f"{bad} \\(row 5\\) is NaN or infinite"):
+        search(embedder, load_index(idx), [world["queries"] / "cam3/0001/0001.jpg"], "infrared")
+    argv = ["search", "--checkpoint", str(world["ckpt"]), "--index", str(idx)]
+    assert run_cli([*argv, "--query", str(world["queries"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and bad in err and "+nan" not in err
+
+
+def test_overflowing_similarity_is_refused():
+    gallery = np.full((3, 4), 1e38, dtype=np.float32)  # finite rows, but 4e38 > float32 max
+    gallery[0] = 0.5
+    with pytest.raises(DataError, match="gallery row 1 gives a similarity that overflows"):
+        topk_search(torch.ones(1, 4), gallery, 2)
+
+
+def _nan_embeddings(monkeypatch, nan_at: int):
+    """Make the embedder return NaN for the ``nan_at``-th image of every call."""
+    original = Embedder.embed_paths_streaming
+
+    def patched(self, paths, *args, **kwargs):
+        seen = 0
+        for chunk, emb in original(self, paths, *args, **kwargs):
+            if seen <= nan_at < seen + len(chunk):
+                emb[nan_at - seen] = float("nan")
+            seen += len(chunk)
+            yield chunk, emb
+
+    monkeypatch.setattr(Embedder, "embed_paths_streaming", patched)
+
+
+def test_non_finite_queries_and_embeddings_are_refused(world, embedder, tmp_path, monkeypatch):
+    index = build_index(embedder, world["gallery"], "visible", progress=False)
+    queries = [world["queries"] / p for p in list_images(world["queries"])]
+    _nan_embeddings(monkeypatch, 2)
+    with pytest.raises(DataError, match=f"query {queries[2]}: its embedding .* is NaN"):
+        search(embedder, index, queries, "infrared")
+    with pytest.raises(DataError, match=r"is NaN or infinite; the checkpoint \(or the image\)"):
+        write_index(embedder, world["gallery"], "visible", tmp_path / "idx", progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    with pytest.raises(DataError, match="a query embedding is NaN"):
+        topk_search(torch.full((1, 4), float("nan")), np.eye(4, dtype=np.float32), 2)
+
+
+def test_faiss_extra_missing_is_one_line(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    argv = ["index", "--checkpoint", str(world["ckpt"]), "--modality", "visible"]
+    argv += ["--images", str(world["gallery"]), "--output", str(tmp_path / "idx")]
+    assert run_cli([*argv, "--backend", "faiss"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "dclnet[faiss]"' in err and err.count("\n") == 1
+    assert not (tmp_path / "idx").exists()
+    idx = tmp_path / "ann"  # a FAISS index folder, read without the extra
+    idx.mkdir()
+    meta = {
+        "format": "dclnet-index",
+        "format_version": 2,
+        "backend": "faiss",
+        "root": "/g",
+        "modality": "visible",
+        "checkpoint_identity": "x",
+        "embed_dim": 4,
+        "paths": ["a"],
+    }
+    (idx / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DclnetError, match=r'pip install "dclnet\[faiss\]"'):
+        load_index(idx)
+
+
+def test_exact_index_refuses_faiss_options(world, embedder, tmp_path, capsys):
+    write_index(embedder, world["gallery"], "visible", tmp_path / "idx", progress=False)
+    argv = ["search", "--checkpoint", str(world["ckpt"]), "--query", str(world["queries"])]
+    assert run_cli([*argv, "--index", str(tmp_path / "idx"), "--nprobe", "4"]) == 2
+    assert "apply to FAISS indexes" in capsys.readouterr().err
+    assert run_cli([*argv, "--gallery", str(world["gallery"]), "--ef-search", "4"]) == 2
+    assert "not --gallery" in capsys.readouterr().err
+    with pytest.raises(DclnetError, match="needs --backend faiss"):
+        write_index(embedder, world["gallery"], "visible", tmp_path / "x", factory="Flat")

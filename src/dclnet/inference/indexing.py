@@ -267,7 +267,8 @@ def _append_rows(
         npy = tmp / "embeddings.npy"
         rows = np.lib.format.open_memmap(npy, "w+", np.float32, (count + len(new), dim))
         for s in range(0, count, COPY_ROWS):
-            rows[s : s + COPY_ROWS] = old.embeddings[s : s + COPY_ROWS]
+            stop = min(count, s + COPY_ROWS)
+            rows[s:stop] = old.embeddings[s:stop]
         kept = _embed_into(embedder, root, new, old.modality, rows, count, **options)
         rows.flush()
         if len(kept) < len(new):
