@@ -71,6 +71,10 @@ def new_index(dim: int, factory: str) -> Any:
             f"--faiss {factory!r} is not a valid FAISS index string for {dim}-d embeddings "
             f"({_reason(exc)}); examples: {EXAMPLES}"
         ) from None
+    for part in (faiss.try_extract_index_ivf(index), _inner(index)):
+        part = faiss.downcast_index(part) if part is not None else None
+        if hasattr(part, "do_polysemous_training"):  # slow, and only for Hamming filtering
+            part.do_polysemous_training = False
     set_search_params(index, DEFAULT_NPROBE, DEFAULT_EF_SEARCH, strict=False)
     return index
 
@@ -115,11 +119,19 @@ def train(index: Any, rows: np.ndarray, factory: str, *, size: int, seed: int = 
 
 
 def add(index: Any, rows: np.ndarray, *, chunk: int = 65_536, progress: bool = False) -> None:
-    """Append ``rows`` (``N x D``, any array, e.g. a memmap) chunk by chunk."""
+    """Append ``rows`` (``N x D``, any array, e.g. a memmap) chunk by chunk.
+
+    Raises:
+        DataError: A row holds NaN or inf (FAISS would store it and never return it).
+    """
     bar = tqdm(total=rows.shape[0], desc="adding to FAISS", unit="vec", disable=not progress)
     with bar:
         for start in range(0, rows.shape[0], chunk):
             block = np.ascontiguousarray(rows[start : start + chunk], dtype=np.float32)
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                row = start + int(np.argmin(finite))
+                raise DataError(f"gallery row {row} is NaN or infinite; it cannot be indexed")
             index.add(block)
             bar.update(block.shape[0])
 
@@ -208,12 +220,18 @@ def search_params(index: Any) -> dict[str, int]:
     return out
 
 
-def _hnsw(index: Any) -> Any:
+def _inner(index: Any) -> Any:
+    """``index`` without its pre-transforms (OPQ, PCA), downcast to its own class."""
     faiss = import_faiss()
     inner = faiss.downcast_index(index)
     while isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)
-    return inner if isinstance(inner, faiss.IndexHNSW) else None
+    return inner
+
+
+def _hnsw(index: Any) -> Any:
+    inner = _inner(index)
+    return inner if isinstance(inner, import_faiss().IndexHNSW) else None
 
 
 def describe(index: Any) -> str:
