@@ -218,18 +218,18 @@ def _claim(output: Path, *, resume: bool, overwrite: bool) -> None:
     release_run_folder(claim_run_folder(output, resume=resume, overwrite=overwrite))
 
 
-def test_training_into_a_used_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+def test_training_into_a_used_folder_is_refused_before_any_work(tmp_path, capsys):
     from dclnet.cli import main
-    from dclnet.engine import train
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
-    monkeypatch.setattr(train, "_load_train", None)  # any work would fail loudly
     assert main(["train", "--config", str(TINY), "--output", str(run)]) == 2
     (line,) = _error_lines(capsys)
     assert line.startswith(f"error: run folder {run} is not empty (metrics.jsonl)")
     assert "--resume" in line and "--overwrite" in line
+    # no work began: nothing in the folder changed (no log.txt, no config.yaml)
+    assert _files(run) == {"metrics.jsonl"}
     assert (run / "metrics.jsonl").read_text() == '{"event": "train", "step": 1}\n'
     argv = ["train", "--config", str(TINY), "--output", str(run), "--resume", "--overwrite"]
     assert main(argv) == 2
