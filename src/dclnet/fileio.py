@@ -137,7 +137,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, file_mode())
+        with contextlib.suppress(OSError):  # some file systems (SMB, FUSE) refuse modes
+            os.chmod(tmp, file_mode())
         yield tmp
         os.replace(tmp, path)
     except Exception as exc:
