@@ -1,4 +1,5 @@
-"""Visualisations: each writes a PNG of the promised size; the maths behind them is checked."""
+"""Visualisations: each writes a PNG of the promised size and says what it shows (titles,
+legends, colour bars); the maths behind them is checked."""
 
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from PIL import Image
 from dclnet.errors import DataError, DclnetError
 from dclnet.inference.api import Embedder
 from dclnet.inference.index import list_images
-from dclnet.inference.visualize import (
-    label_reader,
-    new_figure,
+from dclnet.inference.visualize import image_caption, label_reader, new_figure, ranks_figure
+from dclnet.inference.visualize_curves import curves_figure, read_metrics, step_range
+from dclnet.inference.visualize_embedding import pca_2d, tsne_2d
+from dclnet.inference.visualize_maps import (
+    PART_COLOURS,
+    correspondence_figure,
+    masks_figure,
+    match_regions,
     part_maps,
     pixel_matches,
     plot_correspondence,
     plot_masks,
 )
-from dclnet.inference.visualize_curves import read_metrics
-from dclnet.inference.visualize_embedding import pca_2d, tsne_2d
 
 pytest.importorskip("matplotlib", reason="matplotlib (the viz extra) is not installed")
 pytestmark = pytest.mark.timeout(90)
@@ -59,7 +63,39 @@ def files(root) -> list[str]:
     return [str(root / p) for p in list_images(root)]
 
 
+def texts(fig) -> list[str]:
+    """Every piece of text drawn in ``fig``: titles, labels, legend entries, annotations."""
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def longest_white_band(path) -> float:
+    """Longest run of all-white pixel rows, as a fraction of the picture's height."""
+    white = (np.asarray(Image.open(path).convert("RGB")) >= 250).all(axis=(1, 2))
+    longest = run = 0
+    for row in white:
+        run = run + 1 if row else 0
+        longest = max(longest, run)
+    return longest / len(white)
+
+
 # -- ranks ----------------------------------------------------------------------------------
+
+
+def _rank_entries(world, queries: int, per_query: int) -> list[dict]:
+    gallery = list_images(world["visible"])
+    return [
+        {
+            "query": q,
+            "gallery_root": str(world["visible"]),
+            "results": [
+                {"path": gallery[(i + r) % len(gallery)], "score": 0.9 - 0.01 * r}
+                for r in range(per_query)
+            ],
+        }
+        for i, q in enumerate((files(world["infrared"]) * queries)[:queries])
+    ]
 
 
 def test_ranks_grid_with_identity_frames(world, tmp_path, capsys):
@@ -81,13 +117,41 @@ def test_ranks_grid_with_identity_frames(world, tmp_path, capsys):
     argv = ["visualize", "ranks", "--results", str(results), "--labels", "folder",
             "--output", str(out)]  # fmt: skip
     assert run_cli(argv) == 0
-    assert png_size(out) == (4 * 90, 2 * 210)
-    assert "360 x 420 pixels" in capsys.readouterr().out
+    assert png_size(out) == (4 * 90, 2 * 200 + 55)
+    assert "360 x 455 pixels" in capsys.readouterr().out
     assert colour_count(out, (26, 178, 51)) > 100  # a green frame: the same person
     assert colour_count(out, (217, 26, 26)) > 100  # red frames: other people
     plain = tmp_path / "plain.png"
     assert run_cli(["visualize", "ranks", "--results", str(results), "--output", str(plain)]) == 0
-    assert colour_count(plain, (26, 178, 51)) == 0  # no labels, no verdict
+    assert colour_count(plain, (26, 178, 51)) == 0  # no labels, no verdict (nor its legend)
+    # The query's identity, camera and file, each result's identity; a key to the frames.
+    drawn = texts(ranks_figure(entries, labels=label_reader("folder")))
+    person, camera = queries[0].split("/")[-2], queries[0].split("/")[-3]
+    assert f"query {queries[0].split('/')[-1]}\nid {person} · {camera}" in drawn
+    assert any(t.startswith("#1  0.900\nid ") for t in drawn)
+    assert {"query", "same identity as the query", "another identity"} <= set(drawn)
+    assert "same identity as the query" not in texts(ranks_figure(entries))
+
+
+def test_a_full_rank_page_is_small(world, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_rank_entries(world, queries=8, per_query=10)))
+    out = tmp_path / "ranks.png"
+    argv = ["visualize", "ranks", "--results", str(results), "--labels", "folder",
+            "--output", str(out)]  # fmt: skip
+    assert run_cli(argv) == 0
+    assert png_size(out) == (11 * 90, 8 * 200 + 55)
+    assert out.stat().st_size < 1_000_000  # 8 x 11 photographs, palette PNG
+    with Image.open(out) as im:
+        assert im.mode == "P"
+
+
+def test_image_captions_name_identity_and_camera():
+    assert image_caption("q/cam3/0007/0001.jpg") == "id 0007 · cam3"  # SYSU-MM01
+    assert image_caption("test_nir/cam4/0012/x.jpg") == "id 0012 · cam4"  # LLCM
+    assert image_caption("RegDB/Thermal/25/male_t.bmp") == "id 25 · Thermal"  # RegDB
+    assert image_caption("queries/person.jpg") == "person.jpg"  # nothing to read
+    assert image_caption("queries/person.jpg", label="5") == "id 5"
 
 
 def test_label_reader(tmp_path):
@@ -116,9 +180,22 @@ def test_masks_and_cams(world, embedder, tmp_path):
     assert cams.shape == (3, HEIGHT // 16, WIDTH // 16)
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     out = plot_masks(embedder, paths, "visible", tmp_path / "masks.png")
-    assert png_size(out) == (3 * 90, 630)
+    assert png_size(out) == (380, 698)  # three 85 x 170 rows, legend, colour bar
+    legend_purple = tuple(round(255 * (0.8 * c + 0.2)) for c in PART_COLOURS[-1])
+    assert colour_count(out, legend_purple, tol=6) > 20  # the legend's swatch of part 6
     with pytest.raises(DclnetError, match="unknown modality"):
         plot_masks(embedder, paths, "colour", tmp_path / "x.png")
+
+
+def test_masks_say_who_is_shown(world, embedder):
+    paths = files(world["visible"])[:2]
+    drawn = texts(masks_figure(embedder, paths, "visible"))
+    for path in paths:  # column titles: identity, camera and file
+        *_, camera, person, name = path.split("/")
+        assert f"id {person} · {camera}\n{name}" in drawn
+    assert {"1 (top)", "6 (bottom)", "PAP body parts (no colour: background)"} <= set(drawn)
+    assert "part CAM, normalised per stripe" in drawn  # the colour bar's label
+    assert {"image", "PAP parts", "part CAMs"} <= set(drawn)
 
 
 # -- correspondence -------------------------------------------------------------------------
@@ -162,15 +239,38 @@ def test_pixel_matches_respect_valid_pixels():
     assert all(q % 3 != 1 for q in idx_b.tolist())
 
 
+def test_match_regions_leave_out_border_and_background():
+    valid, notes = match_regions((6, 4), None, edge=1)
+    assert valid.shape == (2, 6, 4) and valid[:, 1:5, 1:3].all()
+    assert valid.sum() == 2 * 4 * 2 and notes == ["1-cell border left out"]
+    foreground = torch.zeros(2, 6, 4, dtype=torch.bool)
+    foreground[0, 2:4, 1:3] = True  # a person on the visible side; none on the infrared side
+    valid, notes = match_regions((6, 4), foreground, edge=1)
+    assert valid[0].sum() == 4 and valid[0, 2:4, 1:3].all()
+    assert valid[1].sum() == 8  # no foreground: every inner cell, and the title says so
+    assert notes[0].startswith("PAP foreground only (17% / 0% of cells)")
+    assert "no PAP foreground on the infrared side: all cells" in notes
+    valid, notes = match_regions((2, 2), None, edge=1)  # too small to lose a border
+    assert valid.all() and notes == []
+
+
 def test_correspondence_png(world, embedder, tmp_path):
     vis, ir = files(world["visible"])[0], files(world["infrared"])[0]
     out = plot_correspondence(embedder, vis, ir, tmp_path / "corr.png", top=10)
-    assert png_size(out) == (400, 500)
+    assert png_size(out) == (440, 500)
+    assert longest_white_band(out) < 0.06  # the picture is images, not white bands
+    drawn = texts(correspondence_figure(embedder, vis, ir, top=10))
+    assert {"visible", "infrared", "cosine similarity of the matched Z pixels"} <= set(drawn)
+    (title,) = [t for t in drawn if t.startswith("Cross-modality ")]
+    assert "mutual best pixel matches on Z" in title and "PAP foreground only" in title
+    assert "1-cell border left out" in title
     argv = ["visualize", "correspondence", "--checkpoint", str(world["ckpt"]), "--visible",
-            vis, "--infrared", ir, "--foreground", "--all-best", "--output",
-            str(tmp_path / "fg.png"), "--device", "cpu"]  # fmt: skip
+            vis, "--infrared", ir, "--no-foreground", "--edge", "0", "--all-best", "--output",
+            str(tmp_path / "all.png"), "--device", "cpu"]  # fmt: skip
     assert run_cli(argv) == 0
-    assert png_size(tmp_path / "fg.png") == (400, 500)
+    assert png_size(tmp_path / "all.png") == (440, 500)
+    everything = texts(correspondence_figure(embedder, vis, ir, foreground=False, edge=0))
+    assert any(t.endswith("pixel matches on Z\nall cells") for t in everything)
 
 
 # -- embedding maps -------------------------------------------------------------------------
@@ -227,13 +327,29 @@ def test_curves(tmp_path, capsys):
     assert len(read_metrics(tmp_path)) == len(lines)
     out = tmp_path / "curves.png"
     assert run_cli(["visualize", "curves", "--run", str(tmp_path), "--output", str(out)]) == 0
-    assert png_size(out) == (1500, 450)
+    assert png_size(out) == (1500, 480)
     (tmp_path / "bad.jsonl").write_text(json.dumps(lines[0]) + "\n{oops\n")
     bad = ["visualize", "curves", "--run", str(tmp_path / "bad.jsonl"), "--output", str(out)]
     assert run_cli(bad) == 2
     assert "bad.jsonl:2: not a JSON line" in capsys.readouterr().err
     with pytest.raises(DataError, match="does not exist"):
         read_metrics(tmp_path / "nowhere")
+
+
+def test_curves_with_one_test_point_and_legends_off_the_data():
+    lines = [{"event": "train", "step": s, "lr": 0.01, "id": 3.0 / s} for s in range(10, 110, 10)]
+    lines += [{"event": "test", "step": 100, "rank1": 32.6, "mAP": 39.6, "mINP": 30.4}]
+    fig = curves_figure(lines)
+    ax_loss, ax_lr, ax_eval = fig.axes
+    assert ax_eval.get_xlim() == ax_loss.get_xlim() == pytest.approx((7.3, 102.7))
+    assert {"32.6", "39.6", "30.4"} <= set(texts(fig))  # a lone point says its value
+    fig.canvas.draw()
+    for ax in (ax_loss, ax_eval):
+        legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 < frame.y0  # below the panel, not over the curves
+    only_test = curves_figure([lines[-1]])
+    assert only_test.axes[2].get_xlim() == (99.0, 101.0)  # not a zero-width axis
+    assert step_range([{"step": 5}, {"step": 5}]) == (4.0, 6.0)
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):

@@ -218,14 +218,14 @@ def cmd_visualize_ranks(args: argparse.Namespace) -> None:
 
 def cmd_visualize_masks(args: argparse.Namespace) -> None:
     from dclnet.inference.index import expand_inputs
-    from dclnet.inference.visualize import plot_masks
+    from dclnet.inference.visualize_maps import plot_masks
 
     paths = expand_inputs(args.images)[: args.max_images]
     _wrote(plot_masks(_embedder(args), paths, args.modality, args.output))
 
 
 def cmd_visualize_correspondence(args: argparse.Namespace) -> None:
-    from dclnet.inference.visualize import plot_correspondence
+    from dclnet.inference.visualize_maps import plot_correspondence
 
     out = plot_correspondence(
         _embedder(args),
@@ -235,6 +235,7 @@ def cmd_visualize_correspondence(args: argparse.Namespace) -> None:
         top=args.top,
         mutual=not args.all_best,
         foreground=args.foreground,
+        edge=args.edge,
     )
     _wrote(out)
 
@@ -262,7 +263,7 @@ def cmd_visualize_embedding(args: argparse.Namespace) -> None:
 def cmd_visualize_curves(args: argparse.Namespace) -> None:
     from dclnet.inference.visualize_curves import plot_curves, read_metrics
 
-    _wrote(plot_curves(read_metrics(args.run), args.output, title=str(args.run.resolve())))
+    _wrote(plot_curves(read_metrics(args.run), args.output, title=f"training curves: {args.run}"))
 
 
 LABELS_HELP = (
@@ -296,7 +297,20 @@ def _register_visualize(sub) -> None:
     k.add_argument("--infrared", type=Path, required=True, help="infrared image")
     k.add_argument("--top", type=int, default=20, help="matches drawn")
     k.add_argument("--all-best", action="store_true", help="best matches, not only mutual ones")
-    k.add_argument("--foreground", action="store_true", help="match PAP foreground pixels only")
+    k.add_argument(
+        "--foreground",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="match only pixels the PAP head marks as the person, on each image where it marks "
+        "any (default: on; --no-foreground: every pixel)",
+    )
+    k.add_argument(
+        "--edge",
+        type=int,
+        default=1,
+        help="leave out Z cells this close to the map border, where zero padding attracts "
+        "matches (default: 1; 0 keeps them)",
+    )
     k.set_defaults(func=cmd_visualize_correspondence)
 
     k = kinds.add_parser("embedding", help="2-D map of embeddings (PCA or t-SNE)")
