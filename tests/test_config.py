@@ -127,3 +127,17 @@ def test_bare_off_is_the_off_choice_not_a_bool():
     assert load_config(None, ["train.amp=off"]).train.amp == "off"
     with pytest.raises(ConfigError, match="data.dataset"):
         load_config(None, ["data.dataset=off"])  # no "off" choice there: still an error
+
+
+def test_removed_keys_of_older_files_load_with_a_warning(tmp_path, caplog):
+    # run folders written before data.synthetic_height/width were removed still resume
+    old = tmp_path / "config.yaml"
+    old.write_text("data:\n  synthetic_ids: 20\n  synthetic_height: 128\n  synthetic_width: 64\n")
+    with caplog.at_level("WARNING", logger="dclnet.config"):
+        cfg = load_config(old)
+    assert cfg.data.synthetic_ids == 20
+    assert "data.synthetic_height" in caplog.text and "data.height x data.width" in caplog.text
+    assert not hasattr(cfg.data, "synthetic_height")
+    assert "synthetic_height" not in to_dict(cfg)["data"]  # and new files no longer hold them
+    with pytest.raises(ConfigError, match="unknown config key 'data.synthetic_depth'"):
+        load_config(None, ["data.synthetic_depth=3"])  # any other unknown key is still an error

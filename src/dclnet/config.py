@@ -9,6 +9,7 @@ components never see a :class:`Config`; the engine unpacks it into plain keyword
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import types
@@ -21,6 +22,8 @@ import yaml
 
 from dclnet.errors import ConfigError
 from dclnet.fileio import atomic_write
+
+logger = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "sysu", "regdb", "llcm")
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -52,8 +55,6 @@ class DataConfig:
     num_instances: int = 4  # K images per identity and modality
     synthetic_ids: int = 64  # identities of the built-in synthetic set
     synthetic_seed: int = 0  # seed of the built-in synthetic set
-    synthetic_height: int = 128  # native render height of the synthetic set
-    synthetic_width: int = 64  # native render width of the synthetic set
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,6 @@ _RANGES: dict[str, tuple] = {
     "data.num_instances": (1, None),
     "data.synthetic_ids": (3, None),
     "data.synthetic_seed": (0, None),
-    "data.synthetic_height": (1, None),
-    "data.synthetic_width": (1, None),
     "augment.grayscale_p": (0, 1),
     "augment.flip_p": (0, 1),
     "augment.erase_p": (0, 1),
@@ -244,6 +243,14 @@ def check_device(value: str, name: str = "train.device") -> str:
     if not isinstance(value, str) or not re.fullmatch(pattern, value):
         raise ConfigError(f"{name} has invalid value {value!r}; valid: {valid}")
     return value
+
+
+# Keys that earlier versions had and nothing reads any more. Old recipes and run folders still
+# hold them, so they load: each such key is dropped with a warning saying why.
+_REMOVED = {
+    "data.synthetic_height": "the synthetic set is rendered at data.height x data.width",
+    "data.synthetic_width": "the synthetic set is rendered at data.height x data.width",
+}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -342,6 +349,11 @@ def _build(cls: type, values: dict[str, Any], prefix: str, *, saved: bool = Fals
         if key not in names:
             if saved:
                 continue
+            if full in _REMOVED:
+                logger.warning(
+                    "ignoring config key %r: it is no longer used (%s)", full, _REMOVED[full]
+                )
+                continue
             raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(names)}")
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
@@ -375,15 +387,21 @@ def from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values, "")
 
 
-def check_saved(values: Any) -> None:
-    """Check the types of a config read back from a checkpoint.
+def saved_config(values: Any) -> Config:
+    """The :class:`Config` of a config read back from a checkpoint, types checked.
 
     Keys this dclnet does not know (a file of another version) are ignored and values are not
-    range-checked, so that an older run's checkpoint stays usable.
+    range-checked, so that an older run's checkpoint stays usable; missing keys take their
+    defaults.
     """
     if not isinstance(values, dict):
         raise ConfigError("a config must be a mapping of sections (data, model, loss, ...)")
-    _build(Config, values, "", saved=True)
+    return _build(Config, values, "", saved=True)
+
+
+def check_saved(values: Any) -> None:
+    """Check the types of a config read back from a checkpoint (see :func:`saved_config`)."""
+    saved_config(values)
 
 
 def check_protocol(config: Config) -> Config:
