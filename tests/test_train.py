@@ -11,9 +11,11 @@ from dclnet.config import load_config
 from dclnet.data.sources.synthetic import write_regdb, write_sysu
 from dclnet.data.splits import ProtocolSettings
 from dclnet.engine.checkpoint import load_checkpoint
+from dclnet.engine.runs import load_model
 from dclnet.engine.runs import test_checkpoint as run_test_checkpoint
 from dclnet.engine.train import fit
 from dclnet.errors import CheckpointError
+from dclnet.evaluation.protocols import METRIC_KEYS
 
 TINY = Path(__file__).resolve().parents[1] / "src" / "dclnet" / "configs" / "tiny.yaml"
 
@@ -39,7 +41,8 @@ def test_run_folder_contents(tiny_run):
     state = load_checkpoint(run / "last.pt")
     assert state["epoch"] == 3 and state["model_args"]["arch"] == "resnet18"
     assert state["preprocessing"]["height"] == 64 and state["config"]["optim"]["epochs"] == 3
-    assert set(result["test"]) == {"protocol", "trials", "mean", "std"}
+    assert set(result["test"]) == {"protocol", "trials", "mean", "std", "checkpoint"}
+    assert result["test"]["checkpoint"] == {"file": "last.pt", "epoch": 3}
     assert len(result["test"]["trials"]) == 2
 
 
@@ -74,12 +77,42 @@ def test_resume_gives_identical_next_steps(tmp_path, tiny_run):
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
 
 
-def test_validation_split_writes_best(tmp_path):
+def test_validation_split_selects_the_tested_checkpoint(tmp_path):
     cfg = load_config(TINY, ["optim.epochs=1", "train.validation=sysu"])
-    result = fit(cfg, tmp_path / "v", progress=False)
-    assert (tmp_path / "v" / "best.pt").is_file()
+    run = tmp_path / "v"
+    result = fit(cfg, run, progress=False)
+    assert (run / "best.pt").is_file()
     assert result["validation"]["epoch"] == 1
-    assert _events(tmp_path / "v", "validation")
+    assert _events(run, "validation")
+    # the final test says which weights it tested, everywhere it is reported
+    assert result["test"]["checkpoint"] == {"file": "best.pt", "epoch": 1}
+    assert json.loads((run / "test_results.json").read_text()) == result["test"]
+    assert _events(run, "test")[-1]["checkpoint"] == "best"
+    log = (run / "log.txt").read_text()
+    assert "final test of best.pt (epoch 1, best validation rank-1)" in log
+    # and the numbers are best.pt's: `dclnet test` of that file gives them again
+    settings = ProtocolSettings("synthetic", trials=2)
+    tested = run_test_checkpoint(run / "best.pt", settings, root=None, device="cpu", progress=False)
+    assert tested.plain.mean == pytest.approx(result["test"]["mean"])
+
+
+def test_final_test_loads_best_weights(tmp_path, tiny_run, caplog):
+    from dclnet.engine.train import _load_best
+    from dclnet.models.dclnet import DCLNet
+    from dclnet.models.resnet import RandomInitWarning
+
+    run, _ = tiny_run
+    (tmp_path / "best.pt").write_bytes((run / "last.pt").read_bytes())
+    saved = load_checkpoint(run / "last.pt")
+    with pytest.warns(RandomInitWarning):
+        model = DCLNet(**saved["model_args"])
+    assert _load_best(model, tmp_path, {"epoch": 3}) == {"file": "best.pt", "epoch": 3}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved["model"][key]), key
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert _load_best(model, tmp_path / "gone", {"epoch": 3}) is None  # best.pt deleted
+    assert "best.pt is missing" in caplog.text
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path, tiny_run):
@@ -106,16 +139,38 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "cannot resume" in capsys.readouterr().err
 
 
+def _check_result(result: dict, protocol: dict, trials: int) -> None:
+    """A protocol result: its settings, and every metric present, in percent and ordered."""
+    assert result["protocol"] == protocol
+    assert len(result["trials"]) == trials
+    for summary in (*result["trials"], result["mean"]):
+        assert set(summary) == set(METRIC_KEYS)
+        assert all(0.0 <= summary[k] <= 100.0 for k in METRIC_KEYS), summary
+        ranks = [summary[k] for k in ("rank1", "rank5", "rank10", "rank20")]
+        assert ranks == sorted(ranks)  # CMC never decreases
+        assert summary["mINP"] <= summary["mAP"] + 1e-9  # the hardest positive bounds mINP
+    assert all(0.0 <= v for v in result["std"].values())
+
+
 @pytest.mark.parametrize("layout", ["sysu", "regdb"])
 def test_train_then_test_on_raw_layouts(tmp_path, layout):
     if layout == "sysu":
         root = write_sysu(tmp_path / "data", num_ids=16, height=64, width=32)
         extra, test_args = [], ["--trials", "2"]
+        protocol = {
+            "dataset": "sysu",
+            "mode": "all",
+            "shots": 1,
+            "sampler": "seeded",
+            "trials": 2,  # the tiny recipe's eval.trials
+            "direction": "i2v",
+        }
     else:
         root = write_regdb(
             tmp_path / "data", num_ids=12, height=64, width=32, images_per_modality=4
         )
         extra, test_args = ["--trial", "3"], ["--trial", "3"]
+        protocol = {"dataset": "regdb", "trial": 3, "direction": "v2t"}
     cache = tmp_path / "cache"
     out = tmp_path / "run"
     code = main(
@@ -135,7 +190,21 @@ def test_train_then_test_on_raw_layouts(tmp_path, layout):
         ]
     )
     assert code == 0
+    names = ("config.yaml", "last.pt", "log.txt", "metrics.jsonl", "test_results.json")
+    assert all((out / name).is_file() for name in names)
     trained = json.loads((out / "test_results.json").read_text())
+    _check_result(trained, protocol, 1 if layout == "regdb" else 2)
+    assert trained["checkpoint"] == {"file": "last.pt", "epoch": 1}  # no validation split
+    assert "final test of last.pt (epoch 1" in (out / "log.txt").read_text()
+    saved = load_config(out / "config.yaml")  # the run folder's config reads back
+    assert (saved.data.dataset, saved.data.root) == (layout, str(root))
+    # the checkpoint rebuilds the network, which embeds an image of the data set
+    model, state = load_model(out / "last.pt")
+    assert state["epoch"] == 1 and state["config"]["data"]["dataset"] == layout
+    image = torch.zeros(1, 3, 64, 32)
+    embedding = model.embed(image, "infrared")
+    assert embedding.shape[0] == 1 and torch.isfinite(embedding).all()
+    assert sorted(p.name.split("-")[1] for p in cache.iterdir()) == ["test", "train"]
     result_json = tmp_path / "test.json"
     code = main(
         [
@@ -157,15 +226,14 @@ def test_train_then_test_on_raw_layouts(tmp_path, layout):
     )
     assert code == 0
     tested = json.loads(result_json.read_text())
-    assert tested["protocol"]["dataset"] == layout
-    if layout == "regdb":  # same protocol, same model → same numbers as at the end of training
-        assert tested["mean"] == pytest.approx(trained["mean"])
+    _check_result(tested, protocol, len(trained["trials"]))
+    # same protocol, same model, same cached images -> the numbers of the end of training
+    assert tested["mean"] == pytest.approx(trained["mean"])
 
 
 def test_test_command_equals_evaluate_features(tmp_path, tiny_run):
     """`dclnet test` and `evaluate-features` give identical numbers for the same features."""
     from dclnet.data.datasets import load_eval_data
-    from dclnet.engine.runs import load_model
     from dclnet.evaluation.extract import extract_features
     from dclnet.evaluation.protocols import save_features_npz
 

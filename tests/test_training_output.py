@@ -43,7 +43,7 @@ def test_log_txt_has_config_statistics_and_epoch_line(tiny_run):
         assert word in text
     assert re.search(r"batches per epoch: \d+ \(P=4 ids x K=2", text)
     assert EPOCH_LINE.search(text), text
-    assert "final test (last model): rank-1" in text
+    assert "final test of last.pt (epoch 1, the last epoch): rank-1" in text
     assert "log.txt" in RUN_FILES  # --overwrite clears it with the rest of the run
 
 

@@ -63,13 +63,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def _add_protocol_args(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
-    p.add_argument(
-        "--dataset",
-        required=dataset_required,
-        choices=("sysu", "regdb", "llcm", "synthetic"),
-        help="data set",
-    )
+def _add_protocol_args(
+    p: argparse.ArgumentParser, *, datasets: tuple[str, ...], dataset_help: str = "data set"
+) -> None:
+    p.add_argument("--dataset", required=True, choices=datasets, help=dataset_help)
     p.add_argument(
         "--root",
         type=Path,
@@ -146,11 +143,6 @@ def cmd_evaluate_features(args: argparse.Namespace) -> None:
     from dclnet.data.splits import build_splits
     from dclnet.evaluation.protocols import evaluate_splits, load_features_npz
 
-    if args.dataset == "synthetic":
-        raise DclnetError(
-            "evaluate-features reads a data set on disk: write the synthetic set "
-            "with `dclnet synth sysu DIR` and pass --dataset sysu --root DIR"
-        )
     if args.root is None:
         raise DclnetError("--root is required: the raw data-set folder")
     settings = _settings(args)
@@ -297,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="raw data-set root (default: the recipe's data.root)")
     p.add_argument(
         "--trial",
-        help="RegDB trial 1..10, or 'all' for the 10 trials (default: the recipe's data.trial)",
+        help="RegDB trial 1..10, or 'all' for the 10 trials (default: the recipe's data.trial; "
+        "RegDB needs one or the other)",
     )
     p.add_argument("--config", help=recipe_help)
     p.add_argument("--output", type=Path, required=True, help="run folder")
@@ -331,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", type=Path, required=True, help="a dclnet checkpoint (last.pt, best.pt)"
     )
-    _add_protocol_args(p)
+    _add_protocol_args(p, datasets=("sysu", "regdb", "llcm", "synthetic"))
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward")
     p.add_argument("--flip", action="store_true", help="flip-averaged features")
@@ -372,7 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate-features",
         help="evaluate any model's features (FEATS.npz) under the exact protocol",
     )
-    _add_protocol_args(p)
+    # The synthetic set lives in memory: on disk it is a SYSU-MM01 tree (`dclnet synth sysu`).
+    _add_protocol_args(
+        p,
+        datasets=("sysu", "regdb", "llcm"),
+        dataset_help="data set on disk (for the synthetic set: `dclnet synth sysu DIR`, then "
+        "--dataset sysu --root DIR)",
+    )
     p.add_argument(
         "--features",
         type=Path,

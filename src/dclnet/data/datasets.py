@@ -11,6 +11,7 @@ Glue between the readers (:mod:`dclnet.data.sources`), the cache and the protoco
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -269,7 +270,12 @@ def load_eval_data(
     direction: str | None = None,
     progress: bool = True,
 ) -> EvalData:
-    """The test protocol of ``dataset`` with the images it needs (cached once each)."""
+    """The test protocol of ``dataset`` with the images it needs (cached once each).
+
+    With ``skip_corrupt`` an unreadable image is left out of every query and gallery it was
+    in (the cache lists and warns about it) and ``protocol["skipped_images"]`` counts them:
+    such a result is not the exact protocol. Without it an unreadable image is an error.
+    """
     root_path = _check_dataset(dataset, root)
     settings = ProtocolSettings(
         dataset=dataset,
@@ -288,6 +294,7 @@ def load_eval_data(
     paths = needed_paths(splits)
     by_path = {r.path: r for s in splits for r in (*s.query, *s.gallery)}
     records = [by_path[p] for p in paths]
+    skipped: set[str] = set()
     if dataset == "synthetic":
         row = {r.path: i for i, r in enumerate(syn.records)}
         images = syn.images[[row[p] for p in paths]]
@@ -298,15 +305,37 @@ def load_eval_data(
             size=size,
             cache_dir=_cache_dir(cache_dir),
             name=f"{dataset}-test",
-            skip_corrupt=False,
+            skip_corrupt=skip_corrupt,
             progress=progress,
             verify=verify_cache,
         )
-        images = cached.images
+        images, skipped = cached.images, set(cached.skipped)
+    protocol = settings.as_dict()
+    if skipped:
+        splits = _without(splits, skipped)
+        records = [r for r in records if r.path not in skipped]
+        paths = [r.path for r in records]  # the cache's rows: record order, skipped left out
+        protocol["skipped_images"] = len(skipped)
     return EvalData(
-        protocol=settings.as_dict(),
+        protocol=protocol,
         splits=splits,
         paths=paths,
         images=images,
         modalities=[r.modality for r in records],
     )
+
+
+def _without(splits: list[EvalSplit], gone: set[str]) -> list[EvalSplit]:
+    """``splits`` with the images ``gone`` left out of every query and gallery."""
+    out = []
+    for split in splits:
+        query = [r for r in split.query if r.path not in gone]
+        gallery = [r for r in split.gallery if r.path not in gone]
+        if not query or not gallery:
+            side = "query" if not query else "gallery"
+            raise DataError(
+                f"every {side} image of trial {split.trial} is unreadable; "
+                "data.skip_corrupt cannot leave them all out"
+            )
+        out.append(dataclasses.replace(split, query=query, gallery=gallery))
+    return out

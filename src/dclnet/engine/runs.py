@@ -11,12 +11,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
-from dclnet.config import Config, check_protocol, from_dict, load_config, to_dict
-from dclnet.data.datasets import load_eval_data
+from dclnet.config import (
+    Config,
+    check_protocol,
+    from_dict,
+    load_config,
+    parse_override,
+    saved_config,
+    to_dict,
+)
 from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
-from dclnet.engine.checkpoint import load_checkpoint
+from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from dclnet.engine.run_data import load_eval_data_for
 from dclnet.engine.train import fit, resolve_device
 from dclnet.errors import CheckpointError, ConfigError, DclnetError
 from dclnet.evaluation.protocols import METRIC_KEYS, ProtocolResult, format_table, write_json
@@ -87,7 +96,23 @@ def _run_training(
         return _train_all_trials(config, overrides, dataset, root, output, resume, overwrite)
     trial_num = _parse_trial(trial)
     cfg = resolve_run_config(config, overrides, dataset=dataset, root=root, trial=trial_num)
+    if cfg.data.dataset == "regdb" and trial_num is None and not _sets_trial(config, overrides):
+        # as `dclnet test`: a RegDB trial is a different identity split, never a default
+        raise ConfigError(
+            "RegDB needs --trial 1..10 (one model), or --trial all (10 models, mean ± std)"
+        )
     return fit(cfg, output, resume=resume, overwrite=overwrite)
+
+
+def _sets_trial(config: Path | None, overrides: list[str] | None) -> bool:
+    """Whether the recipe file (a resumed run's config.yaml too) or an override sets data.trial."""
+    for item in overrides or []:
+        if "trial" in parse_override(item).get("data", {}):
+            return True
+    if config is None:
+        return False
+    loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    return isinstance(loaded.get("data"), dict) and "trial" in loaded["data"]
 
 
 def _parse_trial(trial: str | None) -> int | None:
@@ -117,12 +142,14 @@ def _train_all_trials(
         if done.is_file() and not overwrite:  # finished trials are redone only on --overwrite
             logger.info("trial %d already finished (%s); skipping", t, done)
             trials.append(json.loads(done.read_text()))
+            keep_model_only(run_dir / "last.pt")  # if a run stopped before slimming it
             continue
         resume_t = resume and (run_dir / "last.pt").is_file()
         # --resume restarts a trial that stopped before its first checkpoint.
         overwrite_t = overwrite or (resume and not resume_t)
         result = fit(_with_data(cfg, trial=t), run_dir, resume=resume_t, overwrite=overwrite_t)
         trials.append(result["test"])
+        keep_model_only(run_dir / "last.pt")
     means = [t["mean"] for t in trials]
     summary = {
         "protocol": {**trials[0]["protocol"], "trial": "1..10"},
@@ -138,6 +165,27 @@ def _train_all_trials(
         + "  ".join(f"{k} {summary['mean'][k]:.2f} ± {summary['std'][k]:.2f}" for k in METRIC_KEYS)
     )
     return summary
+
+
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")  # checkpoint keys only --resume reads
+
+
+def keep_model_only(path: Path) -> None:
+    """Drop the resume-only state (optimiser, scheduler, scaler, RNG) from a finished trial's
+    ``last.pt``, keeping what ``dclnet test`` and the ``Embedder`` read (model, its arguments,
+    config, preprocessing, epoch): ten trials with Adam state would take three times the disk.
+
+    Rank 0 only. A file that is missing, cannot be read or is already slim is left as it is.
+    """
+    if dist_utils.rank() != 0 or not path.is_file():
+        return
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        logger.warning("%s kept as it is: %s", path, exc)
+        return
+    if any(key in state for key in RESUME_ONLY):
+        save_checkpoint({k: v for k, v in state.items() if k not in RESUME_ONLY}, path)
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
@@ -183,30 +231,55 @@ def test_checkpoint(
     cache_dir: Path | None = None,
     progress: bool = True,
 ) -> ProtocolResult:
-    """``dclnet test``: the full protocol (all gallery trials) for a checkpoint."""
+    """``dclnet test``: the full protocol (all gallery trials) for a checkpoint.
+
+    The test data come through the same mapping as a training run's final test
+    (:func:`~dclnet.engine.run_data.load_eval_data_for`), from the checkpoint's own ``data.*``
+    keys (image size, synthetic set, ``skip_corrupt``, ``verify_cache``) with the data set,
+    root and protocol of ``settings`` and the cache folder ``cache_dir`` on top.
+    """
     dev = resolve_device(device)
     model, state = load_model(checkpoint, dev)
-    pre = state.get("preprocessing", {})
-    data_cfg = state.get("config", {}).get("data", {})
-    size = (int(pre.get("height", 288)), int(pre.get("width", 144)))
-    data = load_eval_data(
-        settings.dataset,
-        root,
-        trial=settings.trial or 1,
-        size=size,
-        cache_dir=cache_dir,
-        synthetic_ids=data_cfg.get("synthetic_ids", 64),
-        synthetic_seed=data_cfg.get("synthetic_seed", 0),
+    cfg = checkpoint_test_config(state, settings, root=root, cache_dir=cache_dir)
+    data = load_eval_data_for(cfg, progress=progress)
+    return evaluate_model(
+        model, data, device=dev, batch_size=batch_size, flip=flip, rerank=rerank, progress=progress
+    )
+
+
+def checkpoint_test_config(
+    state: dict[str, Any],
+    settings: ProtocolSettings,
+    *,
+    root: Path | None,
+    cache_dir: Path | None,
+) -> Config:
+    """The config of a checkpoint's run with a test protocol and data location on top.
+
+    The image size is the checkpoint's ``preprocessing`` (its config's ``data.height`` /
+    ``width`` when absent); the cache folder is ``cache_dir`` or the default one, not the
+    training machine's.
+    """
+    saved = saved_config(state.get("config") or {})
+    pre = state.get("preprocessing") or {}
+    data = dataclasses.replace(
+        saved.data,
+        dataset=settings.dataset,
+        root=str(root) if root is not None else None,
+        trial=settings.trial if settings.trial is not None else saved.data.trial,
+        height=int(pre.get("height", saved.data.height)),
+        width=int(pre.get("width", saved.data.width)),
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+    )
+    protocol = dataclasses.replace(
+        saved.eval,
         mode=settings.mode,
         shots=settings.shots,
         sampler=settings.sampler,
         trials=settings.trials,
         direction=settings.direction,
-        progress=progress,
     )
-    return evaluate_model(
-        model, data, device=dev, batch_size=batch_size, flip=flip, rerank=rerank, progress=progress
-    )
+    return dataclasses.replace(saved, data=data, eval=protocol)
 
 
 def machine_info() -> dict[str, Any]:
@@ -237,15 +310,8 @@ def run_demo(
 
     start = time.perf_counter()
     cfg = resolve_run_config(config, overrides, dataset="synthetic")
-    d, e = cfg.data, cfg.eval
-    data = load_eval_data(
-        "synthetic",
-        size=(d.height, d.width),
-        synthetic_ids=d.synthetic_ids,
-        synthetic_seed=d.synthetic_seed,
-        mode=e.mode,
-        trials=e.trials,
-    )
+    d = cfg.data
+    data = load_eval_data_for(cfg, progress=True)
     base = evaluate_splits(data.paths, pixel_features(data.images), data.splits, data.protocol)
     print("Non-learned baseline (raw pixels) on the SYNTHETIC test set:")
     print(format_table(base))

@@ -15,12 +15,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dclnet.config import Config, DataConfig, check_device, save_config, to_dict
+from dclnet.config import Config, check_device, save_config, to_dict
 from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
-from dclnet.data.datasets import EvalData, TrainData, load_eval_data, load_train_data
+from dclnet.data.datasets import EvalData, TrainData
 from dclnet.data.sampler import CrossModalitySampler
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from dclnet.engine.run_data import load_eval_data_for, load_train_data_for
 from dclnet.engine.run_folder import (
     check_resume_config,
     claim_run_folder,
@@ -48,6 +49,7 @@ from dclnet.evaluation.protocols import ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
 from dclnet.losses.objective import ABLATIONS, LossWeights
 from dclnet.models.dclnet import DCLNet
+from dclnet.models.resnet import check_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -196,32 +198,6 @@ def _restore(path: Path, model: DCLNet, optimizer, scheduler, scaler) -> dict[st
     return state
 
 
-def _source_kwargs(d: DataConfig) -> dict[str, Any]:
-    """Where the images come from and at what size (shared by training and test data)."""
-    return {
-        "trial": d.trial,
-        "size": (d.height, d.width),
-        "cache_dir": d.cache_dir,
-        "skip_corrupt": d.skip_corrupt,
-        "verify_cache": d.verify_cache,
-        "synthetic_ids": d.synthetic_ids,
-        "synthetic_seed": d.synthetic_seed,
-    }
-
-
-def _load_train(cfg: Config, progress: bool) -> TrainData:
-    d = cfg.data
-    return load_train_data(
-        d.dataset,
-        d.root,
-        **_source_kwargs(d),
-        validation=cfg.train.validation,
-        val_fraction=cfg.train.val_fraction,
-        seed=cfg.train.seed,
-        progress=progress,
-    )
-
-
 def fit(
     cfg: Config,
     output: Path,
@@ -274,7 +250,9 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
     if is_main:
         logger.info("%s training in %s", "resuming" if resume else "starting", output)
         logger.info("%s", config_summary(cfg))
-    data = _load_train(cfg, progress and is_main)
+    if cfg.model.pretrained != "synthetic":  # weights trouble fails before data is cached
+        check_pretrained(cfg.model.pretrained, cfg.model.arch)
+    data = load_train_data_for(cfg, progress=progress and is_main)
     model = _build_model(cfg, data.num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -371,10 +349,10 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
                     output / "last.pt",
                 )
             dist_utils.barrier()
-        test_result = _final_test(cfg, model, data, device, log, output, progress, steps_per_epoch)
+        test = _final_test(cfg, model, data, best, device, log, output, progress, steps_per_epoch)
     finally:
         log.close()
-    return {"test": test_result.to_json() if test_result else None, "validation": best}
+    return {"test": test, "validation": best}
 
 
 def _evaluate(
@@ -420,53 +398,71 @@ def _final_test(
     cfg: Config,
     model: DCLNet,
     data: TrainData,
+    best: dict | None,
     device: torch.device,
     log: MetricsLog,
     output: Path,
     progress: bool,
     steps_per_epoch: int,
-) -> ProtocolResult | None:
-    """Evaluate the last model on the test protocol; rank 0 writes and prints the result."""
+) -> dict | None:
+    """Test ``best.pt`` (with a validation split) or the last model; rank 0 writes the result.
+
+    Returns:
+        The result JSON (``test_results.json``) with ``"checkpoint"``: the file and epoch of
+        the weights tested; None when the data set has no test protocol.
+    """
     if not data.has_test:
         return None
     is_main = dist_utils.rank() == 0
+    tested = _load_best(model, output, best) if best is not None else None
+    if tested is None:
+        tested = {"file": "last.pt", "epoch": cfg.optim.epochs}
     test_data = load_eval_data_for(cfg, progress=progress and is_main)
     result = _evaluate(cfg, model, test_data, device, progress and is_main)
+    out = {**result.to_json(), "checkpoint": tested}
     if is_main:
-        write_json(result.to_json(), output / "test_results.json")
+        write_json(out, output / "test_results.json")
         log.write(
             "test",
             cfg.optim.epochs * steps_per_epoch,
             monitoring=False,
-            checkpoint="last",
+            checkpoint=tested["file"].removesuffix(".pt"),
+            epoch=tested["epoch"],
             **result.plain.mean,
         )
         print(format_table(result))
         mean = result.plain.mean
+        why = ", best validation rank-1" if tested["file"] == "best.pt" else ", the last epoch"
         logger.info(
-            "final test (last model): rank-1 %.2f mAP %.2f mINP %.2f; table in %s",
+            "final test of %s (epoch %d%s): rank-1 %.2f mAP %.2f mINP %.2f; table in %s",
+            tested["file"],
+            tested["epoch"],
+            why,
             mean["rank1"],
             mean["mAP"],
             mean["mINP"],
             output / "test_results.json",
         )
-    return result
+    return out
 
 
-def load_eval_data_for(cfg: Config, *, progress: bool) -> EvalData:
-    """The test protocol of the configured data set (as ``dclnet test`` would run it)."""
-    d, e = cfg.data, cfg.eval
-    return load_eval_data(
-        d.dataset,
-        d.root,
-        **_source_kwargs(d),
-        mode=e.mode,
-        shots=e.shots,
-        sampler=e.sampler,
-        trials=e.trials,
-        direction=e.direction,
-        progress=progress,
-    )
+def _load_best(model: DCLNet, output: Path, best: dict) -> dict | None:
+    """Put ``best.pt``'s weights into ``model`` on every rank; which file and epoch, or None.
+
+    Rank 0 reads the file (the other ranks need not see the run folder) and broadcasts the
+    weights. None, with a warning, when ``best.pt`` has gone missing: the last model is tested.
+    """
+    path = output / "best.pt"
+    found = True
+    if dist_utils.rank() == 0:
+        found = path.is_file()
+        if found:
+            model.load_state_dict(load_checkpoint(path)["model"])
+        else:
+            logger.warning("%s is missing: the final test uses the last model instead", path)
+    found = bool(dist_utils.all_reduce_mean(torch.tensor([float(found)])).item() == 1.0)
+    dist_utils.broadcast_state(model)
+    return {"file": "best.pt", "epoch": int(best["epoch"])} if found else None
 
 
 def _train_epoch(
