@@ -7,6 +7,8 @@ inputs (or similarities that overflow) with :class:`NonFiniteError` instead of r
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -90,10 +92,7 @@ def topk_search(
     best_s = torch.empty(queries.shape[0], 0, device=device)
     best_i = torch.empty(queries.shape[0], 0, dtype=torch.int64, device=device)
     for g0 in range(0, num_gallery, chunk_size):
-        rows = gallery[g0 : g0 + chunk_size]
-        if isinstance(rows, np.ndarray):  # a copy: memmaps are read-only
-            rows = torch.from_numpy(np.array(rows, dtype=np.float32))
-        g = rows.to(device, torch.float32)  # c x D
+        g = _as_tensor(gallery[g0 : g0 + chunk_size]).to(device, torch.float32)  # c x D
         parts_s, parts_i = [], []
         for q0 in range(0, queries.shape[0], query_chunk):
             sim = queries[q0 : q0 + query_chunk] @ g.T  # q x c
@@ -107,6 +106,20 @@ def topk_search(
         order = cand_s.sort(dim=1, descending=True, stable=True).indices[:, :k]
         best_s, best_i = cand_s.gather(1, order), cand_i.gather(1, order)
     return best_s, best_i
+
+
+def _as_tensor(rows: np.ndarray | Tensor) -> Tensor:
+    """Rows as a tensor, without a copy for float32 arrays (memory-mapped ones included).
+
+    Copying every chunk of a memory-mapped gallery costed more than scoring it (fresh pages
+    for each copy); the view is only read, so torch's warning about read-only arrays is moot.
+    """
+    if isinstance(rows, Tensor):
+        return rows
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(rows)
 
 
 def _check_finite_scores(sim: Tensor, g: Tensor, g0: int) -> None:
