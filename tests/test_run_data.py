@@ -170,3 +170,50 @@ def test_evaluate_features_offers_only_data_sets_on_disk(capsys):
     # `dclnet test` renders the synthetic set in memory, so it keeps the choice
     args = build_parser().parse_args(["test", "--checkpoint", "c.pt", "--dataset", "synthetic"])
     assert args.dataset == "synthetic"
+
+
+def _best_worker(rank: int, port: int, folder: Path) -> None:
+    import os
+
+    from dclnet.engine import distributed as dist_utils
+    from dclnet.engine.train import _load_best
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+    )
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", RandomInitWarning)
+    assert dist_utils.init_from_env()
+    try:
+        torch.manual_seed(10 + rank)  # the ranks start from different weights
+        model = DCLNet(4, arch="resnet18", pretrained=None)
+        # rank 1 looks at a folder without best.pt: only rank 0 needs to see the run folder
+        seen = folder if rank == 0 else folder / "elsewhere"
+        tested = _load_best(model, seen, {"epoch": 2})
+        missing = _load_best(model, folder / "empty", {"epoch": 2})  # best.pt deleted
+        torch.save({"tested": tested, "missing": missing, "state": model.state_dict()},
+                   folder / f"rank{rank}.pt")  # fmt: skip
+    finally:
+        dist_utils.cleanup()
+
+
+def test_best_weights_reach_every_rank(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    best = _checkpoint(tmp_path / "best.pt", [])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_best_worker, args=(port, tmp_path), nprocs=2, join=True)
+    weights = load_checkpoint(best)["model"]
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert out["tested"] == {"file": "best.pt", "epoch": 2} and out["missing"] is None
+        for key, value in weights.items():
+            assert torch.equal(out["state"][key], value), (rank, key)
