@@ -217,3 +217,13 @@ def test_best_weights_reach_every_rank(tmp_path):
         assert out["tested"] == {"file": "best.pt", "epoch": 2} and out["missing"] is None
         for key, value in weights.items():
             assert torch.equal(out["state"][key], value), (rank, key)
+
+
+def test_demo_checks_weights_before_rendering(tmp_path, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the demo rendered data before checking the weights")
+
+    monkeypatch.setattr(runs, "load_eval_data_for", no_data)
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(CheckpointError, match="not found"):
+        runs.run_demo(tmp_path / "demo", config=None, overrides=[f"model.pretrained={missing}"])

@@ -26,7 +26,7 @@ from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.run_data import load_eval_data_for
-from dclnet.engine.train import fit, resolve_device
+from dclnet.engine.train import check_weights, fit, resolve_device
 from dclnet.errors import CheckpointError, ConfigError, DclnetError
 from dclnet.evaluation.protocols import METRIC_KEYS, ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
@@ -310,6 +310,7 @@ def run_demo(
 
     start = time.perf_counter()
     cfg = resolve_run_config(config, overrides, dataset="synthetic")
+    check_weights(cfg)  # before the baseline renders the data
     d = cfg.data
     data = load_eval_data_for(cfg, progress=True)
     base = evaluate_splits(data.paths, pixel_features(data.images), data.splits, data.protocol)

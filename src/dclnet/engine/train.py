@@ -107,6 +107,15 @@ def _pretrained(cfg: Config) -> str | Path | None:
     return synthetic_backbone(m.arch, size, cache, layer3_stride=m.layer3_stride)
 
 
+def check_weights(cfg: Config) -> None:
+    """Raise now if ``model.pretrained`` cannot be loaded: before any data is rendered or cached.
+
+    ``synthetic`` weights are made (and cached) by the run itself, so there is nothing to check.
+    """
+    if cfg.model.pretrained != "synthetic":
+        check_pretrained(cfg.model.pretrained, cfg.model.arch)
+
+
 def _build_model(cfg: Config, num_classes: int) -> DCLNet:
     m = cfg.model
     return DCLNet(
@@ -250,8 +259,7 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
     if is_main:
         logger.info("%s training in %s", "resuming" if resume else "starting", output)
         logger.info("%s", config_summary(cfg))
-    if cfg.model.pretrained != "synthetic":  # weights trouble fails before data is cached
-        check_pretrained(cfg.model.pretrained, cfg.model.arch)
+    check_weights(cfg)
     data = load_train_data_for(cfg, progress=progress and is_main)
     model = _build_model(cfg, data.num_classes).to(device)
     if cfg.train.channels_last:
