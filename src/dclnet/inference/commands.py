@@ -159,8 +159,8 @@ def _register_index(sub) -> None:
     p.add_argument(
         "--faiss",
         metavar="STRING",
-        help='FAISS index string for --backend faiss, e.g. "IVF1024,SQ8" (default), "HNSW32", '
-        '"IVF4096,PQ64", "Flat"',
+        help='FAISS index string for --backend faiss (docs/search.md): "IVF1024,SQ8" (default; '
+        '"Flat" below 40,960 images), "IVF1024,PQ512x4fs", "HNSW32", "Flat"',
     )
     p.add_argument("--train-size", type=int, help="FAISS: gallery vectors sampled for training")
     p.add_argument(

@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 FAISS_FILE = "index.faiss"
 INSTALL_HINT = 'pip install "dclnet[faiss]"'
-EXAMPLES = '"Flat", "HNSW32", "IVF1024,SQ8", "IVF4096,PQ64"'
-DEFAULT_FACTORY = "IVF1024,SQ8"
-DEFAULT_NPROBE = 32  # IVF lists visited per query unless --nprobe says otherwise
+EXAMPLES = '"Flat", "HNSW32", "IVF1024,SQ8", "IVF1024,PQ512x4fs"'
+RECOMMENDED = "IVF1024,SQ8"  # the setting docs/search.md recommends, from its measurements
+NPROBE_FRACTION = 8  # default nprobe: nlist / 8 of the IVF lists visited per query
 DEFAULT_EF_SEARCH = 128  # HNSW candidate list size unless --ef-search says otherwise
 MIN_TRAIN = 65_536  # training sample floor (PQ: 256 centroids per sub-quantizer)
 TRAIN_PER_LIST = 40  # IVF: FAISS warns below 39 training vectors per list
@@ -57,6 +57,16 @@ def _gpu_count(faiss: Any) -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "index_cpu_to_all_gpus") else 0
 
 
+def default_factory(count: int) -> str:
+    """:data:`RECOMMENDED`, or ``"Flat"`` for galleries too small to train its 1,024 lists."""
+    return RECOMMENDED if count >= TRAIN_PER_LIST * 1024 else "Flat"
+
+
+def default_nprobe(nlist: int) -> int:
+    """IVF lists visited per query unless ``--nprobe`` says otherwise."""
+    return max(1, nlist // NPROBE_FRACTION)
+
+
 def new_index(dim: int, factory: str) -> Any:
     """An empty inner-product FAISS index from a factory string (``"IVF1024,SQ8"``).
 
@@ -75,7 +85,9 @@ def new_index(dim: int, factory: str) -> Any:
         part = faiss.downcast_index(part) if part is not None else None
         if hasattr(part, "do_polysemous_training"):  # slow, and only for Hamming filtering
             part.do_polysemous_training = False
-    set_search_params(index, DEFAULT_NPROBE, DEFAULT_EF_SEARCH, strict=False)
+    ivf = faiss.try_extract_index_ivf(index)
+    nprobe = default_nprobe(ivf.nlist) if ivf is not None else None
+    set_search_params(index, nprobe, DEFAULT_EF_SEARCH, strict=False)
     return index
 
 

@@ -138,7 +138,8 @@ def write_index(
 
     Args:
         backend: ``"exact"`` or ``"faiss"``.
-        factory: FAISS index string (default :data:`faiss_index.DEFAULT_FACTORY`).
+        factory: FAISS index string (default :func:`faiss_index.default_factory`:
+            ``"IVF1024,SQ8"``, or ``"Flat"`` below 40,960 images).
         train_size: FAISS: rows sampled for training (default: see
             :func:`faiss_index.default_train_size`).
 
@@ -150,11 +151,11 @@ def write_index(
         raise DclnetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if factory is not None and backend != "faiss":
         raise DclnetError(f"--faiss {factory!r} needs --backend faiss")
-    if backend == "faiss":  # fail on a missing extra or a bad string before embedding
-        factory = factory or faiss_index.DEFAULT_FACTORY
-        faiss_index.new_index(embedder.embed_dim, factory)
     root = Path(root)
     rel = list_images(root)
+    if backend == "faiss":  # fail on a missing extra or a bad string before embedding
+        factory = factory or faiss_index.default_factory(len(rel))
+        faiss_index.new_index(embedder.embed_dim, factory)
     with atomic_index_dir(output) as tmp:
         npy = tmp / "embeddings.npy"
         rows = np.lib.format.open_memmap(npy, "w+", np.float32, (len(rel), embedder.embed_dim))
