@@ -133,7 +133,7 @@ def index_argv(world, output, *extra):
 def test_faiss_folder_is_picked_by_search(world, embedder, tmp_path, capsys):
     idx = tmp_path / "idx"
     argv = index_argv(world, idx, "--modality", "visible", "--images", str(world["gallery"]))
-    assert run_cli([*argv, "--backend", "faiss", "--faiss", "Flat"]) == 0
+    assert run_cli([*argv, "--backend", "faiss"]) == 0  # 28 images: Flat by default
     assert "faiss Flat, trained on 0" in capsys.readouterr().out
     assert sorted(p.name for p in idx.iterdir()) == ["index.faiss", "meta.json"]
     meta = json.loads((idx / "meta.json").read_text())
@@ -256,6 +256,11 @@ def test_files_that_disagree(world, embedder, tmp_path):
         load_index(idx)
     (idx / "index.faiss").write_bytes(b"not a faiss index")
     with pytest.raises(DataError, match="cannot read the FAISS index"):
+        load_index(idx)
+    (idx / "meta.json").write_text(
+        json.dumps({**meta, "faiss": {"factory": "Flat", "nprobe": "9"}})
+    )
+    with pytest.raises(DataError, match="'faiss' must be an object like dclnet writes"):
         load_index(idx)
     with pytest.raises(DclnetError, match="unknown backend 'annoy'"):
         write_index(embedder, world["gallery"], "visible", tmp_path / "x", backend="annoy")

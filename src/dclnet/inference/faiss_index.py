@@ -117,8 +117,10 @@ def train(index: Any, rows: np.ndarray, factory: str, *, size: int, seed: int = 
     faiss = import_faiss()
     sample = _sample_rows(rows, size, seed, 65_536)  # size x D
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and _gpu_count(faiss) > 0:  # k-means on the GPU, codes stay on the CPU
-        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(index.d))
+    gpu_kmeans = None  # k-means on the GPU when there is one; the codes stay on the CPU
+    if ivf is not None and _gpu_count(faiss) > 0:
+        gpu_kmeans = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(index.d))
+        ivf.clustering_index = gpu_kmeans  # FAISS keeps a raw pointer: hold gpu_kmeans
     try:
         index.train(sample)
     except RuntimeError as exc:
@@ -126,8 +128,9 @@ def train(index: Any, rows: np.ndarray, factory: str, *, size: int, seed: int = 
             f"--faiss {factory!r} cannot be trained on {size} gallery vectors ({_reason(exc)}); "
             "use fewer IVF lists, a larger gallery, or Flat / HNSW32 (no training)"
         ) from None
-    if ivf is not None:
-        ivf.clustering_index = None
+    finally:
+        if gpu_kmeans is not None:
+            ivf.clustering_index = None
 
 
 def add(index: Any, rows: np.ndarray, *, chunk: int = 65_536, progress: bool = False) -> None:

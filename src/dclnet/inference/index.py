@@ -209,6 +209,8 @@ class GalleryIndex:
     def _faiss_topk(
         self, queries: Tensor, k: int, nprobe: int | None, ef_search: int | None
     ) -> tuple[Tensor, Tensor]:
+        if k < 1:
+            raise DclnetError(f"top-k must be >= 1 (got k={k})")
         check_finite_queries(queries)
         saved = self.info.get("faiss", {})
         faiss_index.set_search_params(
@@ -303,12 +305,20 @@ def _read_meta(path: Path) -> dict[str, Any]:
         (meta.get("backend", "exact") in BACKENDS, f"'backend' must be one of {BACKENDS}"),
         (meta.get("count", len(meta["paths"])) == len(meta["paths"]), "'count' != len(paths)"),
         (isinstance(meta.get("flip", False), bool), "'flip' must be true or false"),
-        (isinstance(meta.get("faiss", {}), dict), "'faiss' must be an object"),
+        (_faiss_meta_ok(meta.get("faiss", {})), "'faiss' must be an object like dclnet writes"),
     )
     for ok, problem in checks:
         if not ok:
             raise DataError(f"{meta_path}: {problem}; {fix}")
     return meta
+
+
+def _faiss_meta_ok(value: Any) -> bool:
+    """``{"factory": str, "nprobe": int, "efSearch": int, ...}`` (the last two optional)."""
+    if not isinstance(value, dict) or not isinstance(value.get("factory", ""), str):
+        return False
+    params = [value[k] for k in ("nprobe", "efSearch") if k in value]
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in params)
 
 
 def load_index(path: str | Path, mmap: bool = True, *, gpu: bool = True) -> GalleryIndex:
