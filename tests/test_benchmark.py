@@ -139,3 +139,61 @@ def test_bad_arguments_are_clear_errors():
         run_suite(device="cpu", size=TINY, dtypes=["fp8"])
     with pytest.raises(ValueError, match="unknown variant"):
         bench_train_step("fast", TINY, device=None)
+
+
+def _script(name: str):
+    """A ``benchmarks/`` script as a module (the folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECORD_KEYS = {"command", "machine", "torch", "threads", "seconds"}
+
+
+def test_bench_eval_writes_the_table_it_printed(tmp_path, capsys):
+    from dclnet.bench.results import format_eval_table
+
+    out = tmp_path / "eval.json"
+    argv = ["--trials", "1", "--no-rerank", "--json", str(out)]
+    assert _script("bench_eval").main(argv) == 0
+    record = json.loads(out.read_text())
+    assert RECORD_KEYS <= set(record) and record["command"].endswith(" ".join(argv))
+    assert [p["rule"] for p in record["protocols"]] == ["sysu", "regdb"]
+    assert all(p["max_abs_diff"] <= 1e-12 for p in record["protocols"])
+    assert format_eval_table(record) in capsys.readouterr().out  # README shows what it printed
+
+
+def test_bench_dense_loss_writes_the_table_it_printed(tmp_path, capsys):
+    from dclnet.bench.results import format_dense_table
+
+    out = tmp_path / "dense.json"
+    argv = ["--n", "2", "--c", "8", "--h", "8", "--w", "4", "--threads", "1", "--json", str(out)]
+    threads = torch.get_num_threads()
+    try:
+        _script("bench_dense_loss").main(argv)
+    finally:
+        torch.set_num_threads(threads)  # --threads sets it for the whole process
+    record = json.loads(out.read_text())
+    assert RECORD_KEYS <= set(record) and record["threads"] == 1
+    naive, chunked = record["rows"]
+    assert (naive["variant"], chunked["variant"]) == ("naive", "chunked")
+    assert chunked["value"] == pytest.approx(naive["value"], rel=1e-5)
+    assert chunked["rel_dgrad"] < 1e-4
+    assert format_dense_table(record) in capsys.readouterr().out
+
+
+def test_bench_train_step_writes_its_rows(tmp_path):
+    out = tmp_path / "step.json"
+    argv = ["--height", "32", "--width", "16", "-P", "2", "-K", "2", "--warmup", "0",
+            "--iters", "1", "--repeats", "1", "--variant", "plain", "--json", str(out)]  # fmt: skip
+    _script("bench_train_step").main(argv)
+    record = json.loads(out.read_text())
+    assert RECORD_KEYS <= set(record) and record["settings"]["height"] == 32
+    (row,) = record["rows"]
+    assert row["benchmark"] == "plain step" and row["unit"] == "images/s" and row["value"] > 0

@@ -11,11 +11,20 @@ from dclnet.reporting import main, render_readme, replace_section
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_sections_match_results_files():
-    text = (ROOT / "README.md").read_text()
-    assert "<!-- results:demo -->" in text and "<!-- results:study -->" in text
+@pytest.mark.parametrize(
+    "doc, sections",
+    [
+        ("README.md", ("demo", "study", "bench-eval", "bench-dense", "bench-train")),
+        ("docs/benchmarks.md", ("bench-small", "bench-real")),
+    ],
+)
+def test_documents_match_results_files(doc, sections):
+    text = (ROOT / doc).read_text()
+    for name in sections:
+        assert f"<!-- results:{name} -->" in text, name
     assert render_readme(text, ROOT / "docs" / "results") == text, (
-        "README result sections are stale: run python -m dclnet.reporting README.md docs/results"
+        f"{doc}: result sections are stale: run "
+        "python -m dclnet.reporting README.md docs/benchmarks.md docs/results"
     )
 
 
@@ -56,3 +65,57 @@ def test_unknown_or_missing_sections_are_errors():
         render_readme("<!-- results:nope -->\n<!-- /results:nope -->", Path("."))
     with pytest.raises(ValueError, match="results:study"):
         replace_section("no markers here", "study", "body")
+
+
+def _bench_small(value: float) -> dict:
+    rows = [
+        ("train step, baseline (id + metric)", value, "images/s"),
+        ("train step, full DCLNet", value / 2, "images/s"),
+        ("resnet18 forward+backward (plain)", value, "images/s"),
+        ("full DCLNet step / plain forward+backward", 2.0, "x time"),
+    ]
+    settings = {"name": "small", "arch": "resnet18", "height": 128, "width": 64, "num_ids": 4,
+                "num_instances": 4, "load_average_start": 0.5}  # fmt: skip
+    hardware = {"cpu": "CPU", "cpu_count": 2, "torch_threads": 1, "torch": "2.13.0",
+                "load_average": 0.7, "platform": "Linux", "python": "3.11"}  # fmt: skip
+    return {
+        **_demo_record(1.0),
+        "command": "dclnet benchmark --json x.json",
+        "hardware": hardware,
+        "settings": settings,
+        "rows": [
+            {
+                "benchmark": b,
+                "device": "cpu",
+                "dtype": "fp32",
+                "batch": "32",
+                "size": "128x64 resnet18",
+                "value": v,
+                "unit": u,
+                "peak_mb": None,
+                "note": "",
+            }
+            for b, v, u in rows
+        ],  # fmt: skip
+    }
+
+
+def test_benchmark_sections_follow_their_files(tmp_path):
+    import json
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench_small.json").write_text(json.dumps(_bench_small(118.0)))
+    doc = tmp_path / "bench.md"
+    doc.write_text(
+        "<!-- results:bench-train -->\n<!-- /results:bench-train -->\n"
+        "<!-- results:bench-real -->\n<!-- /results:bench-real -->\n"
+    )
+    assert main([str(doc), str(results)]) == 0
+    text = doc.read_text()
+    assert "| baseline step | 118 img/s |" in text and "| full DCLNet step | 59 img/s |" in text
+    assert "| full-step time / plain time | 2× |" in text
+    assert text.count("Not measured in this tree") == 2  # no bench_real.json: says how to
+    assert "load average 0.5 → 0.7" in text
+    (results / "bench_real.json").write_text(json.dumps(_bench_small(4.0)))
+    assert main([str(doc), str(results), "--check"]) == 1  # a new file makes the doc stale

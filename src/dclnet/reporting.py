@@ -1,13 +1,13 @@
-"""README result sections, regenerated from the results files the commands wrote.
+"""README and docs result sections, regenerated from the results files the commands wrote.
 
-Every number the README quotes lives in a JSON file under ``docs/results/`` written by the
-command that produced it (with the command, machine, torch version, thread count and wall
-time). The README holds each section between ``<!-- results:NAME -->`` and
-``<!-- /results:NAME -->``; :func:`render_readme` rewrites them from the files, and a test
-fails when the README and a file disagree. Regenerate with::
+Every number the README and docs/benchmarks.md quote lives in a JSON file under
+``docs/results/`` written by the command that produced it (with the command, machine, torch
+version, thread count and wall time). A document holds each section between
+``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; :func:`render_readme` rewrites them
+from the files, and a test fails when a document and a file disagree. Regenerate with::
 
-    python -m dclnet.reporting README.md docs/results          # rewrite
-    python -m dclnet.reporting README.md docs/results --check  # exit 1 if stale
+    python -m dclnet.reporting README.md docs/benchmarks.md docs/results          # rewrite
+    python -m dclnet.reporting README.md docs/benchmarks.md docs/results --check  # exit 1 if stale
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def _metrics_line(name: str, mean: dict[str, float]) -> str:
 
 
 def _where(record: dict[str, Any]) -> str:
-    return f"{record['machine']}, torch {record['torch']}, {record['threads']} threads"
+    threads = record["threads"]
+    return f"{record['machine']}, torch {record['torch']}, {threads} thread{'s' * (threads != 1)}"
 
 
 def render_demo(record: dict[str, Any]) -> str:
@@ -106,14 +107,155 @@ def render_study(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fenced(text: str) -> str:
+    return f"```\n{text}\n```"
+
+
+def _ran(record: dict[str, Any], load: tuple[Any, Any]) -> str:
+    """Where and how long a benchmark ran, with the load average at its start and end."""
+    return (
+        f"`{record['command']}` on {_where(record)}, load average {load[0]} → {load[1]}; "
+        f"{record['seconds']:.0f} s in all."
+    )
+
+
+def render_bench_eval(record: dict[str, Any]) -> str:
+    """``benchmarks/bench_eval.py``'s table, and what it says."""
+    from dclnet.bench.results import EVAL_LEGEND, format_eval_table
+
+    rows = record["protocols"]
+    metric = [r["loop_s"] / r["vectorised_s"] for r in rows]
+    bound = [(r["matmul_s"] + r["loop_s"]) / r["matmul_s"] for r in rows]
+    load = record["load_average"]
+    return "\n".join(
+        [
+            _fenced(format_eval_table(record)),
+            "",
+            f"{EVAL_LEGEND}. {_ran(record, (load['start'], load['end']))}",
+            "",
+            f"The vectorised metrics equal the per-query loop's (max difference "
+            f"{max(r['max_abs_diff'] for r in rows):.1e}). The metric alone is "
+            f"{min(metric):.1f}–{max(metric):.1f}× faster than the loop; end to end both sides "
+            "also pay for the same similarity matmul, which caps any end-to-end speed-up at "
+            f'{min(bound):.1f}–{max(bound):.1f}× ("bound") on this CPU.',
+        ]
+    )
+
+
+def render_bench_dense(record: dict[str, Any]) -> str:
+    """``benchmarks/bench_dense_loss.py``'s table, and the largest batch's comparison."""
+    from dclnet.bench.results import format_dense_table
+
+    largest = max(r["n"] for r in record["rows"])
+    naive, chunked = (
+        next(r for r in record["rows"] if r["n"] == largest and r["variant"] == v)
+        for v in ("naive", "chunked")
+    )
+    load = record["load_average"]
+    return "\n".join(
+        [
+            _fenced(format_dense_table(record)),
+            "",
+            _ran(record, (load["start"], load["end"])),
+            "",
+            f"At N = {largest} the chunked loss gives the naive loss's value (relative "
+            f"difference {chunked['rel_dval']:.1e}) and gradients ({chunked['rel_dgrad']:.1e}) "
+            f"with {chunked['mem_ratio']:.3f}× its peak memory "
+            f"({chunked['peak_bytes'] / 2**20:.0f} MB against {naive['peak_bytes'] / 2**20:.0f} "
+            f"MB) in {chunked['seconds'] / naive['seconds']:.2f}× its time.",
+        ]
+    )
+
+
+def _bench_load(record: dict[str, Any]) -> tuple[Any, Any]:
+    return record["settings"].get("load_average_start"), record["hardware"]["load_average"]
+
+
+def render_bench_report(record: dict[str, Any]) -> str:
+    """A ``dclnet benchmark`` table exactly as the command printed it, and where it ran."""
+    from dclnet.benchmark import format_report
+
+    hw = record["hardware"]
+    machine = (
+        f"Machine: {hw['cpu']}, {hw['cpu_count']} CPUs, {hw['platform']}, Python {hw['python']}."
+    )
+    return "\n".join(
+        [_fenced(format_report(record)), "", f"{_ran(record, _bench_load(record))} {machine}"]
+    )
+
+
+TRAIN_ROWS = {  # README row label: dclnet benchmark row name (``{arch}``: the size's backbone)
+    "baseline step": "train step, baseline (id + metric)",
+    "full DCLNet step": "train step, full DCLNet",
+    "plain ResNet forward + backward": "{arch} forward+backward (plain)",
+    "full-step time / plain time": "full DCLNet step / plain forward+backward",
+}
+
+
+REAL_COMMAND = "dclnet benchmark --device cpu --size real --iters 1 --only train --json {path}"
+
+
+def _not_measured(path: str) -> str:
+    return (
+        f"Not measured in this tree: `{REAL_COMMAND.format(path=path)}` writes `{path}` "
+        "(six ResNet-50 training steps of 64 images: minutes on a CPU), and "
+        "`python -m dclnet.reporting README.md docs/benchmarks.md docs/results` puts it here."
+    )
+
+
+def render_bench_train(records: list[dict[str, Any]], missing: list[str]) -> str:
+    """The float32 training-step rows of ``dclnet benchmark`` runs side by side; ``missing``
+    names the results files of sizes not measured."""
+    heads, columns = [], []
+    for rec in records:
+        st = rec["settings"]
+        batch = 2 * st["num_ids"] * st["num_instances"]
+        heads.append(
+            f"{st['name']} ({st['arch']}, {st['height']}×{st['width']}, "
+            f"P={st['num_ids']} K={st['num_instances']}, {batch} images)"
+        )
+        rows = {r["benchmark"]: r for r in rec["rows"] if r["dtype"] == "fp32"}
+        cells = []
+        for name in TRAIN_ROWS.values():
+            row = rows[name.format(arch=st["arch"])]
+            unit = "×" if row["unit"].startswith("x") else " img/s"
+            cells.append(f"{row['value']:.3g}{unit}")
+        columns.append(cells)
+    lines = ["| | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for i, label in enumerate(TRAIN_ROWS):
+        lines.append(f"| {label} | " + " | ".join(col[i] for col in columns) + " |")
+    lines.append("")
+    lines += [f"- {_ran(rec, _bench_load(rec))}" for rec in records]
+    lines += [f"- {_not_measured(path)}" for path in missing]
+    return "\n".join(lines)
+
+
 def _load(results: Path, name: str) -> dict[str, Any]:
     return json.loads((results / f"{name}.json").read_text())
+
+
+def _bench_sizes(results: Path) -> str:
+    names = ("bench_small", "bench_real")
+    found = [n for n in names if (results / f"{n}.json").is_file()]
+    missing = [f"docs/results/{n}.json" for n in names if n not in found]
+    return render_bench_train([_load(results, n) for n in found], missing)
+
+
+def _bench_real(results: Path) -> str:
+    if not (results / "bench_real.json").is_file():
+        return _not_measured("docs/results/bench_real.json")
+    return render_bench_report(_load(results, "bench_real"))
 
 
 RENDERERS = {
     "demo": lambda r: render_demo(_load(r, "demo")),
     "comparison": lambda r: render_comparison(_load(r, "demo_seed7"), _load(r, "cnn_seed7")),
     "study": lambda r: render_study(_load(r, "study")),
+    "bench-eval": lambda r: render_bench_eval(_load(r, "bench_eval")),
+    "bench-dense": lambda r: render_bench_dense(_load(r, "bench_dense_loss")),
+    "bench-train": _bench_sizes,
+    "bench-small": lambda r: render_bench_report(_load(r, "bench_small")),
+    "bench-real": _bench_real,
 }
 
 
@@ -139,20 +281,27 @@ def render_readme(text: str, results: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m dclnet.reporting DOC... RESULTS_DIR [--check]``: rewrite (or check) each
+    document's result sections; exit status 1 when ``--check`` finds one stale."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2:
-        print("usage: python -m dclnet.reporting README.md RESULTS_DIR [--check]", file=sys.stderr)
+    paths = [Path(a) for a in args if a != "--check"]
+    if len(paths) < 2:
+        print("usage: python -m dclnet.reporting DOC.md... RESULTS_DIR [--check]", file=sys.stderr)
         return 2
-    readme, results = Path(args[0]), Path(args[1])
-    text = readme.read_text()
-    new = render_readme(text, results)
-    if "--check" in args:
-        if new != text:
-            print(f"{readme}: result sections are stale; run python -m dclnet.reporting")
-            return 1
-        return 0
-    readme.write_text(new)
-    return 0
+    *docs, results = paths
+    stale = []
+    for doc in docs:
+        text = doc.read_text()
+        new = render_readme(text, results)
+        if new == text:
+            continue
+        if "--check" in args:
+            stale.append(doc)
+        else:
+            doc.write_text(new)
+    for doc in stale:
+        print(f"{doc}: result sections are stale; run python -m dclnet.reporting")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
