@@ -2,10 +2,13 @@
 
 Usage::
 
-    # the docs/search.md table (one thread; about 25 minutes on a 2-core VM)
-    OMP_NUM_THREADS=1 python benchmarks/bench_search.py --threads 1 \\
-        --galleries 100000 1000000 --json docs/results/bench_search.json
+    # the docs/search.md tables: one thread, one run per gallery size
+    OMP_NUM_THREADS=1 python benchmarks/bench_search.py --threads 1 --galleries 100000 \\
+        --json docs/results/bench_search_100k.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_search.py --threads 1 --galleries 1000000 \\
+        --json docs/results/bench_search_1m.json
     python benchmarks/bench_search.py --galleries 20000 --dim 256 --queries 200   # a quick look
+    python benchmarks/bench_search.py --table docs/results/bench_search_*.json  # markdown
 
 For each gallery size, and for the exact backend and each FAISS setting, the table gives
 the build time (exact: nothing beyond writing the embeddings; FAISS: codebook training on a
@@ -13,25 +16,30 @@ sample plus adding the gallery in chunks, :func:`dclnet.inference.faiss_index.bu
 bytes of the saved index, the latency of one query (p50/p95, one query per call, through
 :meth:`dclnet.inference.index.GalleryIndex.topk` as ``dclnet search`` calls it) and
 recall@1/@10 against the exact top-10: the mean over queries of |ANN top-k ∩ exact top-k| / k.
+Exact latency is timed on at most ``--exact-latency-queries`` queries or ``--exact-budget``
+seconds; a FAISS row times queries one by one for ``--ann-budget`` seconds, then ranks the
+rest in one call (recall always covers every query).
 
 The embeddings are synthetic 2048-d L2-normalised vectors that behave like a re-identification
 gallery: many identities with 2-6 images each, identities grouped into 2,000 look-alike
 groups (people dressed alike) in a 64-d subspace, per-image noise in that subspace and in all
 2048 dimensions; the queries are new images of 1,000 gallery identities seen in the other
-modality (a fixed shift plus fresh noise). At 100k images the exact top-1 is the query's own
-identity for about 85% of the queries. The gallery is generated in blocks of 65,536 rows
-(each from its own seed) straight into a memory-mapped file under ``--workdir``, so a
-1M x 2048 gallery (8 GB) never sits in memory.
+modality (a fixed shift plus fresh noise). The results file records how often the exact top-1
+is the query's own identity (``exact_top1_same_identity``). The gallery is generated in blocks
+of 65,536 rows (each from its own seed) straight into a ``.npy`` file under ``--workdir``,
+searched memory-mapped, so a 1M x 2048 gallery (8 GB) never sits in memory.
 
-Settings above ``max_gallery`` are left out (recorded with the reason): ``Flat`` holds the
-whole gallery in RAM like exact and is exact; HNSW's graph build takes too long on one
-thread. ``--json OUT`` writes every figure with the command, machine, versions, thread
-counts, load average and wall time (:mod:`dclnet.bench.results`).
+Settings above their ``max_gallery`` are left out, with the reason in the results: ``Flat``
+is exact and holds the whole gallery in RAM, HNSW's graph build takes too long on one
+thread, PQ64 is already far below the others' recall at 100k. ``--json OUT`` writes every
+figure with the command, machine, versions, thread counts, load average and wall time
+(:mod:`dclnet.bench.results`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -80,6 +88,7 @@ SETTINGS = (
         why_not_larger="its graph build would take hours on one thread",
     ),
     Setting("IVF1024,SQ8", "nprobe", (32, 128)),
+    Setting("IVF1024,SQ4", "nprobe", (128,)),
     Setting("IVF1024,PQ512x4fs", "nprobe", (32, 128)),
     Setting(
         "IVF1024,PQ64",
@@ -288,6 +297,33 @@ def print_row(r: dict) -> None:
     )
 
 
+def markdown_table(records: list[dict]) -> str:
+    """The docs/search.md table from results files (``--table``)."""
+    lines = [
+        "| gallery | backend | setting | build s | index MB | p50 ms | p95 ms | R@1 | R@10 |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record in records:
+        for g in record["galleries"]:
+            for r in g["results"]:
+                if "left_out" in r:
+                    lines.append(
+                        f"| {g['gallery']:,} | {r['backend']} | {r['setting']} | "
+                        f"left out: {r['left_out']} | | | | | |"
+                    )
+                    continue
+                build = f"{r['build_s']:.0f}" if r["backend"] == "faiss" else "—"
+                timed = (
+                    "" if r["timed_queries"] == record["queries"] else f" ({r['timed_queries']})"
+                )
+                lines.append(
+                    f"| {g['gallery']:,} | {r['backend']} | {r['setting'] or '—'} | {build} | "
+                    f"{r['bytes'] / 2**20:,.0f} | {r['p50_ms']:.1f}{timed} | {r['p95_ms']:.1f} | "
+                    f"{r['recall@1']:.3f} | {r['recall@10']:.3f} |"
+                )
+    return "\n".join(lines)
+
+
 def versions() -> dict[str, str]:
     faiss = faiss_index.import_faiss()
     return {"faiss": faiss.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
@@ -306,7 +342,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", help="FAISS factory strings to run (all)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dclnet-bench-search"))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--table", type=Path, nargs="+", help="print results files as markdown")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table([json.loads(path.read_text()) for path in args.table]))
+        return
     faiss = faiss_index.import_faiss()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
