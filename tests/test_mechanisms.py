@@ -108,3 +108,13 @@ def test_synthetic_bands_cover_the_person_top_to_bottom():
     assert full
     first_row = [np.flatnonzero((bands[full[0]] == k).any(1)).min() for k in range(1, 7)]
     assert first_row == sorted(first_row)
+
+
+def test_cam_person_correlation_per_image():
+    from dclnet.evaluation.diagnose import _mean_correlation
+
+    a = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [0.0, 5.0, 0.0]])
+    b = torch.tensor([[2.0, 4.0, 6.0], [3.0, 2.0, 1.0], [7.0, 7.0, 7.0], [0.1, 0.9, 0.1]])
+    # +1, -1, 0 (a constant person share has no correlation), +1
+    assert _mean_correlation(a, b) == pytest.approx((1 - 1 + 0 + 1) / 4)
+    assert _mean_correlation(a[:1], a[:1] * 0) == 0.0

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "doc, sections",
     [
-        ("README.md", ("demo", "study", "bench-eval", "bench-dense", "bench-train")),
+        (
+            "README.md",
+            ("demo", "study", "diagnose-full", "bench-eval", "bench-dense", "bench-train"),
+        ),
         ("docs/benchmarks.md", ("bench-small", "bench-real")),
     ],
 )

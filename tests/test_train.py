@@ -319,6 +319,12 @@ def test_diagnose_command_reports_mechanisms(tmp_path, tiny_run, capsys):
     assert all(0.0 <= v <= 1.0 for v in values)
     assert result["correspondence"]["num_pairs"] > 0
     assert isinstance(result["cam_labels_train"], float)  # classifier matches the train ids
+    cam = result["cam_train"]
+    assert cam["foreground_iou"] == result["cam_labels_train"]
+    width = len(cam["cam_by_column"])
+    assert width == len(cam["foreground_by_column"]) >= 1
+    assert all(0 <= v <= 1 for v in cam["cam_by_column"] + cam["foreground_by_column"])
+    assert -1 <= cam["correlation"] <= 1
     # the stripe masks mark every cell: their foreground IoU is the true foreground share
     syn = synthetic_set(16, 0, 64, 32)
     rows = [i for i, r in enumerate(syn.records) if r.label in syn.test_ids]

@@ -107,6 +107,16 @@ def render_study(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_diagnosis(record: dict[str, Any]) -> str:
+    """What ``dclnet diagnose`` printed for one checkpoint, with the command."""
+    from dclnet.evaluation.diagnose import format_diagnosis
+
+    return (
+        f"`dclnet diagnose --checkpoint {record['checkpoint']}` printed (synthetic data):\n\n"
+        + _fenced(format_diagnosis(record))
+    )
+
+
 def _fenced(text: str) -> str:
     return f"```\n{text}\n```"
 
@@ -251,6 +261,7 @@ RENDERERS = {
     "demo": lambda r: render_demo(_load(r, "demo")),
     "comparison": lambda r: render_comparison(_load(r, "demo_seed7"), _load(r, "cnn_seed7")),
     "study": lambda r: render_study(_load(r, "study")),
+    "diagnose-full": lambda r: render_diagnosis(_load(r, "diagnose_full_seed0")),
     "bench-eval": lambda r: render_bench_eval(_load(r, "bench_eval")),
     "bench-dense": lambda r: render_bench_dense(_load(r, "bench_dense_loss")),
     "bench-train": _bench_sizes,

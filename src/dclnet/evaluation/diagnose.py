@@ -15,7 +15,8 @@ low-level map Z's grid (ground truth downsampled by majority vote):
 
 CAM pseudo-labels need a class: test identities have none in the classifier, so each image
 uses the global identity classifier's top-1 class (the released code's rule). ``cam_labels_train``
-scores them on training images with their true identity instead.
+scores them on training images with their true identity instead, and ``cam_train`` says where
+the part CAMs put their weight there: per final-map column, against the person's share.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dclnet.data.augment import test_transform
@@ -36,7 +38,7 @@ from dclnet.evaluation.mechanisms import (
     majority_downsample,
     part_miou,
 )
-from dclnet.losses.parsing import parsing_labels, predicted_masks, stripe_masks
+from dclnet.losses.parsing import parsing_labels, part_cams, predicted_masks, stripe_masks
 from dclnet.losses.rectify import rectify_masks
 from dclnet.models.dclnet import DCLNet
 
@@ -56,11 +58,12 @@ def _masks_and_maps(
     batch_size: int,
     fold_bnneck: bool,
 ) -> dict[str, Tensor]:
-    """Z, the PAP / PAP+SRM / CAM-label masks of ``N x H x W x 3`` uint8 images (CPU tensors).
+    """Z, the PAP / PAP+SRM / CAM-label masks and the per-stripe normalised part CAMs on the
+    final map (``cams``, ``N x h x w``) of ``N x H x W x 3`` uint8 images (CPU tensors).
 
     ``classes`` (``N``) picks each image's CAM class; ``None`` = global classifier top-1.
     """
-    out: dict[str, list[Tensor]] = {"z": [], "pap": [], "pap_srm": [], "cam_labels": []}
+    out: dict[str, list[Tensor]] = {k: [] for k in ("z", "pap", "pap_srm", "cam_labels", "cams")}
     weight = model.cam_weight(fold_bnneck)
     for start in range(0, len(images), batch_size):
         x = test_transform(torch.from_numpy(images[start : start + batch_size])).to(device)
@@ -76,6 +79,7 @@ def _masks_and_maps(
         out["pap"].append(pap.cpu())
         out["pap_srm"].append(rectify_masks(res.low_map, pap, model.num_parts).cpu())
         out["cam_labels"].append(cams.cpu())
+        out["cams"].append(part_cams(res.final_map, weight, cls, model.num_parts).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -152,6 +156,7 @@ def diagnose_model(
     corr = correspondence(
         res[VISIBLE]["z"][jv], res[INFRARED]["z"][ji], truth[VISIBLE][jv], truth[INFRARED][ji]
     )
+    train = _cam_labels_train(model, syn, labels, modality, grid, kw) if trained_on_set else None
     return {
         "foreground_iou": fg,
         "part_miou": miou,
@@ -161,9 +166,8 @@ def diagnose_model(
             "num_pairs": len(pv),
         },
         "grid": list(grid),
-        "cam_labels_train": (
-            _cam_labels_train(model, syn, labels, modality, grid, kw) if trained_on_set else None
-        ),
+        "cam_labels_train": train["foreground_iou"] if train else None,
+        "cam_train": train,
         "synthetic": {
             "ids": synthetic_ids,
             "seed": synthetic_seed,
@@ -174,12 +178,17 @@ def diagnose_model(
     }
 
 
-def _cam_labels_train(model, syn, labels, modality, grid, kw) -> float | None:
-    """Foreground IoU of the CAM labels on training images with their true training class.
+def _cam_labels_train(model, syn, labels, modality, grid, kw) -> dict[str, Any] | None:
+    """The CAM labels on training images with their true training class.
 
     Training classes are the set's training ids, plus its validation ids when no validation
     split was held out (both ascending, as the trainer labels them). Returns None when the
-    model's classifier matches neither (a model trained on another data set or seed).
+    model's classifier matches neither (a model trained on another data set or seed), else
+    ``foreground_iou`` of the labels and, on the final map, where the CAMs put their
+    weight: ``cam_by_column`` (mean normalised part CAM of each column),
+    ``foreground_by_column`` (mean share of person pixels in each column's cells) and
+    ``correlation`` (per image, Pearson correlation of CAM and person share over the
+    cells; mean over images).
     """
     classes = model.classifier.out_features
     train_ids = np.array(sorted(syn.train_ids + syn.val_ids))
@@ -188,14 +197,34 @@ def _cam_labels_train(model, syn, labels, modality, grid, kw) -> float | None:
         if classes != len(train_ids):
             return None
     parts = model.num_parts
-    preds, truths = [], []
+    preds, truths, cams, person = [], [], [], []
     for m in (VISIBLE, INFRARED):
         rows = np.flatnonzero(np.isin(labels, train_ids) & (modality == m))
         classes = np.searchsorted(train_ids, labels[rows]).astype(np.int64)
-        preds.append(_masks_and_maps(model, syn.images[rows], m, classes, **kw)["cam_labels"])
+        out = _masks_and_maps(model, syn.images[rows], m, classes, **kw)
+        preds.append(out["cam_labels"])
+        cams.append(out["cams"])
         bands = torch.from_numpy(syn.bands(rows, parts))
         truths.append(majority_downsample(bands, grid, parts + 1))
-    return foreground_iou(torch.cat(preds), torch.cat(truths))
+        fg = (bands > 0).float()[:, None]  # N x 1 x H x W
+        person.append(F.adaptive_avg_pool2d(fg, out["cams"].shape[-2:])[:, 0])  # N x h x w
+    cam, share = torch.cat(cams), torch.cat(person)
+    return {
+        "foreground_iou": foreground_iou(torch.cat(preds), torch.cat(truths)),
+        "cam_by_column": cam.mean(dim=(0, 1)).tolist(),
+        "foreground_by_column": share.mean(dim=(0, 1)).tolist(),
+        "correlation": _mean_correlation(cam.flatten(1), share.flatten(1)),
+    }
+
+
+def _mean_correlation(a: Tensor, b: Tensor) -> float:
+    """Mean over rows of the Pearson correlation of ``a[i]`` and ``b[i]`` (``N x D`` each);
+    rows where either side is constant count as 0."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    den = a.norm(dim=1) * b.norm(dim=1)
+    r = torch.where(den > 0, (a * b).sum(dim=1) / den.clamp_min(1e-12), torch.zeros_like(den))
+    return float(r.mean())
 
 
 def format_diagnosis(result: dict[str, Any]) -> str:
@@ -221,6 +250,13 @@ def format_diagnosis(result: dict[str, Any]) -> str:
             f"CAM labels on training images (true class): foreground IoU "
             f"{result['cam_labels_train']:.3f}"
         )
+        cam = result["cam_train"]
+        lines += [
+            "  where the part CAMs point (final-map columns, left to right):",
+            "    mean normalised CAM  " + " ".join(f"{v:.2f}" for v in cam["cam_by_column"]),
+            "    person share         " + " ".join(f"{v:.2f}" for v in cam["foreground_by_column"]),
+            f"    CAM-person correlation over the cells, per image: {cam['correlation']:.3f}",
+        ]
     return "\n".join(lines)
 
 
