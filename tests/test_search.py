@@ -13,7 +13,8 @@ import pytest
 import torch
 from _inference_fixtures import make_checkpoint, run_cli, write_sysu_images, write_truncated_jpeg
 
-from dclnet.errors import DataError, DclnetError
+from dclnet.errors import DataError, DclnetError, OutputError
+from dclnet.fileio import dir_mode
 from dclnet.inference.api import Embedder
 from dclnet.inference.index import list_images, load_index, save_index, search, topk_search
 from dclnet.inference.indexing import build_index, write_index
@@ -508,3 +509,13 @@ def test_exact_index_refuses_faiss_options(world, embedder, tmp_path, capsys):
     assert "not --gallery" in capsys.readouterr().err
     with pytest.raises(DclnetError, match="needs --backend faiss"):
         write_index(embedder, world["gallery"], "visible", tmp_path / "x", factory="Flat")
+
+
+def test_index_folder_mode_and_full_disk(world, embedder, tmp_path, monkeypatch):
+    index = write_index(embedder, world["gallery"], "visible", tmp_path / "idx", progress=False)
+    assert (tmp_path / "idx").stat().st_mode & 0o777 == dir_mode()  # not mkdtemp's 0700
+    monkeypatch.setattr("dclnet.fileio._free_bytes", lambda folder: 1000)
+    with pytest.raises(OutputError, match="28 embeddings needs .* only 1000 are free"):
+        write_index(embedder, world["gallery"], "visible", tmp_path / "new", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # nothing half-written
+    assert load_index(tmp_path / "idx").paths == index.paths

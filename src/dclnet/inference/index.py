@@ -36,6 +36,7 @@ from torch import Tensor
 
 from dclnet.data.records import MODALITIES, check_modality
 from dclnet.errors import DataError, DclnetError
+from dclnet.fileio import dir_mode
 from dclnet.inference import faiss_index
 from dclnet.inference.api import Embedder
 from dclnet.inference.topk import NonFiniteError, check_finite_queries, topk_search
@@ -248,6 +249,7 @@ def atomic_index_dir(output: str | Path) -> Iterator[Path]:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would become the index folder's mode
         yield tmp
         if output.exists():  # swap out the old index, then delete it
             old = Path(

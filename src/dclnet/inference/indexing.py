@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from dclnet.data.records import check_modality
 from dclnet.errors import DataError, DclnetError
+from dclnet.fileio import require_free_space
 from dclnet.inference import faiss_index
 from dclnet.inference.api import Embedder
 from dclnet.inference.index import (
@@ -81,6 +82,16 @@ def _embed_into(
     if len(kept) < len(rel):
         logger.warning("%s: skipped %d undecodable images", root, len(rel) - len(kept))
     return kept
+
+
+def _open_rows(path: Path, count: int, dim: int) -> np.ndarray:
+    """A new ``count x dim`` float32 ``.npy`` memmap, once the disk is known to hold it.
+
+    A full disk under a memory map is a ``SIGBUS`` that kills the process without a word.
+    """
+    hint = "free some space or choose another --output"
+    require_free_space(path.parent, count * dim * 4 + 4096, f"{count} embeddings", hint)
+    return np.lib.format.open_memmap(path, "w+", np.float32, (count, dim))
 
 
 def _info(embedder: Embedder) -> dict[str, Any]:
@@ -158,7 +169,7 @@ def write_index(
         faiss_index.new_index(embedder.embed_dim, factory)
     with atomic_index_dir(output) as tmp:
         npy = tmp / "embeddings.npy"
-        rows = np.lib.format.open_memmap(npy, "w+", np.float32, (len(rel), embedder.embed_dim))
+        rows = _open_rows(npy, len(rel), embedder.embed_dim)
         options = dict(batch_size=batch_size, flip=flip, workers=workers, skip_corrupt=skip_corrupt)
         kept = _embed_into(embedder, root, rel, modality, rows, 0, progress=progress, **options)
         if not kept:
@@ -266,7 +277,7 @@ def _append_rows(
     dim, count = old.embed_dim, len(old)
     if old.ann is None:
         npy = tmp / "embeddings.npy"
-        rows = np.lib.format.open_memmap(npy, "w+", np.float32, (count + len(new), dim))
+        rows = _open_rows(npy, count + len(new), dim)
         for s in range(0, count, COPY_ROWS):
             stop = min(count, s + COPY_ROWS)
             rows[s:stop] = old.embeddings[s:stop]
@@ -278,7 +289,7 @@ def _append_rows(
         old.embeddings = None  # close the old memmap before its folder is replaced
         return kept
     staging = tmp / "new.npy"  # the new embeddings, streamed to disk, then added in chunks
-    rows = np.lib.format.open_memmap(staging, "w+", np.float32, (len(new), dim))
+    rows = _open_rows(staging, len(new), dim)
     kept = _embed_into(embedder, root, new, old.modality, rows, 0, **options)
     faiss_index.add(old.ann, rows[: len(kept)], progress=options["progress"])
     del rows
