@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dclnet.bench.results import command_line, load_average, write_record
+from dclnet.bench.results import command_line, load_average, search_table, write_record
 from dclnet.inference import faiss_index
 from dclnet.inference.index import GalleryIndex
 
@@ -297,33 +297,6 @@ def print_row(r: dict) -> None:
     )
 
 
-def markdown_table(records: list[dict]) -> str:
-    """The docs/search.md table from results files (``--table``)."""
-    lines = [
-        "| gallery | backend | setting | build s | index MB | p50 ms | p95 ms | R@1 | R@10 |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for record in records:
-        for g in record["galleries"]:
-            for r in g["results"]:
-                if "left_out" in r:
-                    lines.append(
-                        f"| {g['gallery']:,} | {r['backend']} | {r['setting']} | "
-                        f"left out: {r['left_out']} | | | | | |"
-                    )
-                    continue
-                build = f"{r['build_s']:.0f}" if r["backend"] == "faiss" else "—"
-                timed = (
-                    "" if r["timed_queries"] == record["queries"] else f" ({r['timed_queries']})"
-                )
-                lines.append(
-                    f"| {g['gallery']:,} | {r['backend']} | {r['setting'] or '—'} | {build} | "
-                    f"{r['bytes'] / 2**20:,.0f} | {r['p50_ms']:.1f}{timed} | {r['p95_ms']:.1f} | "
-                    f"{r['recall@1']:.3f} | {r['recall@10']:.3f} |"
-                )
-    return "\n".join(lines)
-
-
 def versions() -> dict[str, str]:
     faiss = faiss_index.import_faiss()
     return {"faiss": faiss.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
@@ -345,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", type=Path, nargs="+", help="print results files as markdown")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table([json.loads(path.read_text()) for path in args.table]))
+        print(search_table([json.loads(path.read_text()) for path in args.table]))
         return
     faiss = faiss_index.import_faiss()
     if args.threads is not None:

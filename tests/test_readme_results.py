@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
             ("demo", "study", "diagnose-full", "bench-eval", "bench-dense", "bench-train"),
         ),
         ("docs/benchmarks.md", ("bench-small", "bench-real")),
+        ("docs/search.md", ("bench-search",)),
     ],
 )
 def test_documents_match_results_files(doc, sections):
@@ -27,7 +28,7 @@ def test_documents_match_results_files(doc, sections):
         assert f"<!-- results:{name} -->" in text, name
     assert render_readme(text, ROOT / "docs" / "results") == text, (
         f"{doc}: result sections are stale: run "
-        "python -m dclnet.reporting README.md docs/benchmarks.md docs/results"
+        "python -m dclnet.reporting README.md docs/benchmarks.md docs/search.md docs/results"
     )
 
 

@@ -6,8 +6,10 @@ version, thread count and wall time). A document holds each section between
 ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; :func:`render_readme` rewrites them
 from the files, and a test fails when a document and a file disagree. Regenerate with::
 
-    python -m dclnet.reporting README.md docs/benchmarks.md docs/results          # rewrite
-    python -m dclnet.reporting README.md docs/benchmarks.md docs/results --check  # exit 1 if stale
+    python -m dclnet.reporting README.md docs/benchmarks.md docs/search.md docs/results
+    python -m dclnet.reporting README.md docs/benchmarks.md docs/search.md docs/results --check
+
+(the second exits with status 1 when a section is stale).
 """
 
 from __future__ import annotations
@@ -209,7 +211,8 @@ def _not_measured(path: str) -> str:
     return (
         f"Not measured in this tree: `{REAL_COMMAND.format(path=path)}` writes `{path}` "
         "(six ResNet-50 training steps of 64 images: minutes on a CPU), and "
-        "`python -m dclnet.reporting README.md docs/benchmarks.md docs/results` puts it here."
+        "`python -m dclnet.reporting README.md docs/benchmarks.md docs/search.md docs/results` "
+        "puts it here."
     )
 
 
@@ -267,7 +270,15 @@ RENDERERS = {
     "bench-train": _bench_sizes,
     "bench-small": lambda r: render_bench_report(_load(r, "bench_small")),
     "bench-real": _bench_real,
+    "bench-search": lambda r: _search_table(r),
 }
+
+
+def _search_table(results: Path) -> str:
+    from dclnet.bench.results import search_table
+
+    names = ("bench_search_100k", "bench_search_1m")
+    return search_table([_load(results, n) for n in names if (results / f"{n}.json").is_file()])
 
 
 def replace_section(text: str, name: str, body: str) -> str:

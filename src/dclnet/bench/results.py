@@ -96,3 +96,30 @@ def format_dense_table(record: dict[str, Any]) -> str:
     methods = sorted({row["method"] for row in record["rows"] if "method" in row})
     lines.append(f"memory: {', '.join(methods) or '?'}")
     return "\n".join(lines)
+
+
+def search_table(records: list[dict[str, Any]]) -> str:
+    """The docs/search.md table from ``benchmarks/bench_search.py`` results files."""
+    lines = [
+        "| gallery | backend | setting | build s | index MB | p50 ms | p95 ms | R@1 | R@10 |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record in records:
+        for g in record["galleries"]:
+            for r in g["results"]:
+                if "left_out" in r:
+                    lines.append(
+                        f"| {g['gallery']:,} | {r['backend']} | {r['setting']} | "
+                        f"left out: {r['left_out']} | | | | | |"
+                    )
+                    continue
+                build = f"{r['build_s']:.0f}" if r["backend"] == "faiss" else "—"
+                timed = (
+                    "" if r["timed_queries"] == record["queries"] else f" ({r['timed_queries']})"
+                )
+                lines.append(
+                    f"| {g['gallery']:,} | {r['backend']} | {r['setting'] or '—'} | {build} | "
+                    f"{r['bytes'] / 2**20:,.0f} | {r['p50_ms']:.1f}{timed} | {r['p95_ms']:.1f} | "
+                    f"{r['recall@1']:.3f} | {r['recall@10']:.3f} |"
+                )
+    return "\n".join(lines)
