@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import importlib.util
 import io
 import logging
 import os
@@ -741,6 +742,11 @@ def test_written_files_follow_the_umask(umask_027, tmp_path, sysu_root):
         progress=False,
     )
     files = ["config.yaml", "r.json", "f.npz", "last.pt"]
+    if importlib.util.find_spec("matplotlib") is not None:  # the viz extra
+        from dclnet.inference.visualize import new_figure, save_figure
+
+        save_figure(new_figure(1, 1), tmp_path / "fig.png")
+        files.append("fig.png")
     modes = {name: oct(os.stat(tmp_path / name).st_mode & 0o777) for name in files}
     for name in ("meta.json", "images.npy"):
         modes[name] = oct(os.stat(cache.directory / name).st_mode & 0o777)

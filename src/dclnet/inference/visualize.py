@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 
 from dclnet.data.imageio import load_image
 from dclnet.errors import DataError, DclnetError
+from dclnet.fileio import atomic_path
 
 DPI = 100
 DISPLAY_SIZE = (128, 64)  # (height, width) at which images are drawn
@@ -60,14 +59,8 @@ def save_figure(fig, output: str | Path, *, palette: bool = False) -> Path:
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
     if palette:
         image = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="png", optimize=True)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(output) as tmp:  # the umask's mode, a full disk as one line
+        image.save(tmp, format="png", optimize=True)
     return output
 
 
