@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,10 @@ def test_pretraining_learns_and_uses_another_population(monkeypatch):
     assert seeds == [PRETRAIN_SEED]
     assert state["conv1.weight"].shape == before.shape
     assert torch.isfinite(state["conv1.weight"]).all()
+    moved = synthetic_pretrain.pretrain_backbone(
+        "resnet18", (32, 16), ids=6, steps=3, shift=4, progress=False
+    )
+    assert not torch.equal(moved["conv1.weight"], state["conv1.weight"])  # other batches
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -70,14 +75,37 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake(arch, size, cache, *, layer3_stride):
-        calls.append((arch, size, cache, layer3_stride))
+    def fake(arch, size, cache, *, layer3_stride, shift):
+        calls.append((arch, size, cache, layer3_stride, shift))
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
     cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
                              f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
-                             "model.layer3_stride=1"])  # fmt: skip
+                             "model.layer3_stride=1", "model.pretrain_shift=5"])  # fmt: skip
     assert train._pretrained(cfg) == tmp_path / "weights.pt"
-    assert calls == [("resnet18", (64, 32), tmp_path, 1)]
+    assert calls == [("resnet18", (64, 32), tmp_path, 1, 5)]
     assert train._pretrained(load_config(None, ["model.pretrained=null"])) is None
+
+
+def test_shift_people_moves_each_image_onto_its_background():
+    from dclnet.models.synthetic_pretrain import shift_people
+
+    images = np.arange(1, 13, dtype=np.uint8).reshape(1, 2, 3, 2)[..., :1].repeat(3, -1)
+    images = np.concatenate([images, images, images])  # 3 x 2 x 3 x 3, values 1..11 odd
+    backgrounds = np.zeros((3, 2, 3 + 2 * 2, 3), dtype=np.uint8)
+    out = shift_people(images, np.array([0, 2, 4]), backgrounds, shift=2).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    # offset 0: moved 2 px left (its last column stays, background enters on the right)
+    assert (out[0, :, 0] == images[0, :, 2]).all() and (out[0, :, 1:] == 0).all()
+    assert (out[1] == images[1]).all()  # offset == shift: not moved
+    # offset 4: moved 2 px right (its first column ends up last)
+    assert (out[2, :, :2] == 0).all() and (out[2, :, 2] == images[2, :, 0]).all()
+
+
+def test_shift_zero_keeps_the_first_recipes_cache_file(tmp_path):
+    plain = pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500)
+    assert plain.name == "synthetic-resnet18-96x48-s32-512ids-500steps-v1.pt"
+    assert pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 0) == plain
+    moved = pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 18)
+    assert moved.name == "synthetic-resnet18-96x48-s32-512ids-500steps-shift18-v1.pt"

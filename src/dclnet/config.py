@@ -81,6 +81,7 @@ class ModelConfig:
     gem_p: float = 3.0
     pixel_init: str = "default"  # one of PIXEL_INITS; "normal" = N(0, 0.001), released code
     layer3_stride: int = 2  # 1 = final map at 1/8 of the input (small CPU inputs); paper: 2
+    pretrain_shift: int = 0  # pretrained=synthetic: move people up to this many px sideways
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ _RANGES: dict[str, tuple] = {
     "model.num_parts": (1, None),
     "model.gem_p": (0, None, "open-low"),
     "model.layer3_stride": (1, 2),
+    "model.pretrain_shift": (0, None),
     "loss.id": (0, None),
     "loss.metric": (0, None),
     "loss.part_id": (0, None),

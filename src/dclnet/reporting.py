@@ -119,6 +119,47 @@ def render_diagnosis(record: dict[str, Any]) -> str:
     )
 
 
+def render_shift(study: dict[str, Any], rows: list[tuple[str, dict, dict]]) -> str:
+    """Identity and mechanism metrics of single runs, one row each: (label, test, diagnose)."""
+    head = (
+        "| full DCLNet, study recipe, seed 0 | rank-1 (%) | mAP (%) | fg IoU PAP | "
+        "fg IoU PAP+SRM | part mIoU PAP | part mIoU PAP+SRM | fg IoU CAM labels (train) | "
+        "CAM-person correlation (train) | correspondence |"
+    )
+    lines = [head, "|---" * 10 + "|"]
+    for label, test, diag in rows:
+        fg, miou, cam = diag["foreground_iou"], diag["part_miou"], diag["cam_train"]
+        cells = [
+            f"{test['mean']['rank1']:.2f}",
+            f"{test['mean']['mAP']:.2f}",
+            *(f"{v:.3f}" for v in (fg["pap"], fg["pap_srm"], miou["pap"], miou["pap_srm"])),
+            f"{cam['foreground_iou']:.3f}",
+            f"{cam['correlation']:.3f}",
+            f"{diag['correspondence']['accuracy']:.3f}",
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    diag = rows[0][2]
+    lines += [
+        "",
+        f"Floors: fixed stripes fg IoU {diag['foreground_iou']['stripes']:.3f}, part mIoU "
+        f"{diag['part_miou']['stripes']:.3f}. Synthetic data; one seed each, so differences "
+        f"in identity metrics are within the study's seed spread. {_where(study)}.",
+    ]
+    return "\n".join(lines)
+
+
+def _shift_rows(results: Path) -> str:
+    study = _load(results, "study")
+    seed0 = next(r for r in study["runs"]["full"] if r["seed"] == 0)
+    rows = [
+        ("`model.pretrained=synthetic` (the study's run)", {"mean": seed0["test"]},
+         _load(results, "diagnose_full_seed0")),
+        ("… `model.pretrain_shift=18`", _load(results, "test_shift18_seed0"),
+         _load(results, "diagnose_shift18_seed0")),
+    ]  # fmt: skip
+    return render_shift(study, rows)
+
+
 def _fenced(text: str) -> str:
     return f"```\n{text}\n```"
 
@@ -265,6 +306,7 @@ RENDERERS = {
     "comparison": lambda r: render_comparison(_load(r, "demo_seed7"), _load(r, "cnn_seed7")),
     "study": lambda r: render_study(_load(r, "study")),
     "diagnose-full": lambda r: render_diagnosis(_load(r, "diagnose_full_seed0")),
+    "shift": _shift_rows,
     "bench-eval": lambda r: render_bench_eval(_load(r, "bench_eval")),
     "bench-dense": lambda r: render_bench_dense(_load(r, "bench_dense_loss")),
     "bench-train": _bench_sizes,

@@ -104,7 +104,9 @@ def _pretrained(cfg: Config) -> str | Path | None:
 
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     size = (cfg.data.height, cfg.data.width)
-    return synthetic_backbone(m.arch, size, cache, layer3_stride=m.layer3_stride)
+    return synthetic_backbone(
+        m.arch, size, cache, layer3_stride=m.layer3_stride, shift=m.pretrain_shift
+    )
 
 
 def check_weights(cfg: Config) -> None:

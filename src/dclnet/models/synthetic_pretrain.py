@@ -8,6 +8,11 @@ data set's own seed range by default) rendered at the recipe's input size — wi
 cross-entropy on both modalities, and caches the weights (torchvision key names) under
 ``<cache dir>/pretrained/``. Later runs load the cached file in a second, like a downloaded
 ImageNet file. The people a model is trained and tested on are not in this population.
+
+``shift`` (``model.pretrain_shift``) moves each pretraining person sideways by up to that
+many pixels on a fresh random background, as objects sit anywhere in ImageNet photographs:
+the classifier must then find the person wherever it stands, which makes the features more
+local (measured with ``dclnet diagnose``'s ``cam_train``; docs/diagnose.md).
 """
 
 from __future__ import annotations
@@ -36,12 +41,19 @@ RECIPE_VERSION = 1  # bump when the pretraining recipe changes (new cache file)
 
 
 def pretrained_path(
-    cache_dir: Path, arch: str, size: tuple[int, int], layer3_stride: int, ids: int, steps: int
+    cache_dir: Path,
+    arch: str,
+    size: tuple[int, int],
+    layer3_stride: int,
+    ids: int,
+    steps: int,
+    shift: int = 0,
 ) -> Path:
     """Cache file of one pretraining recipe."""
     h, w = size
-    name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps-v{RECIPE_VERSION}.pt"
-    return Path(cache_dir) / "pretrained" / name
+    moved = f"-shift{shift}" if shift else ""
+    name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}"
+    return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
 
 
 class _Classifier(nn.Module):
@@ -68,6 +80,43 @@ def _batch(images, labels, infrared, rng, size: int):
     return x[:n_vis], x[n_vis:], torch.from_numpy(labels[rows])
 
 
+def shift_people(
+    images: np.ndarray, offsets: np.ndarray, backgrounds: np.ndarray, shift: int
+) -> torch.Tensor:
+    """Move each image sideways onto its own background.
+
+    Image ``i`` is pasted at column ``offsets[i]`` of a ``W + 2 shift`` wide background and the
+    middle ``W`` columns are kept, so its content moves by ``offsets[i] - shift`` pixels
+    (``offsets`` in ``0..2 shift``); uncovered columns show the background.
+
+    Args:
+        images: ``N x H x W x 3`` uint8.
+        offsets: ``N`` ints in ``[0, 2 shift]``.
+        backgrounds: ``N x H x (W + 2 shift) x 3`` uint8.
+        shift: Largest move in pixels.
+
+    Returns:
+        ``N x H x W x 3`` uint8.
+    """
+    n, h, w, _ = images.shape
+    canvas = backgrounds.copy()
+    cols = offsets[:, None] + np.arange(w)[None]  # N x W
+    canvas[np.arange(n)[:, None, None], np.arange(h)[None, :, None], cols[:, None, :]] = images
+    return torch.from_numpy(np.ascontiguousarray(canvas[:, :, shift : shift + w]))
+
+
+def _shifted(images: torch.Tensor, infrared: bool, shift: int, rng) -> torch.Tensor:
+    """``images`` moved by up to ``shift`` px onto fresh random backgrounds of their modality."""
+    from dclnet.data.sources.synthetic_render import background
+
+    if shift == 0 or len(images) == 0:
+        return images
+    n, h, w, _ = images.shape
+    bg = background(rng, n, h, w + 2 * shift, 1 if infrared else 3)
+    bg = (np.broadcast_to(bg, (*bg.shape[:3], 3)) * 255).round().astype(np.uint8)
+    return shift_people(images.numpy(), rng.integers(0, 2 * shift + 1, n), bg, shift)
+
+
 def pretrain_backbone(
     arch: str,
     size: tuple[int, int],
@@ -77,13 +126,15 @@ def pretrain_backbone(
     steps: int = 500,
     batch_size: int = 64,
     lr: float = 1e-3,
+    shift: int = 0,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Train a ResNet to classify the people of a separate synthetic population.
 
-    Batches of ``batch_size`` random images of both modalities; augmentation as in training
-    (visible random grayscale, flips, random erasing); Adam with a linear warm-up over the
-    first 5 % of ``steps`` and cosine decay to 0.
+    Batches of ``batch_size`` random images of both modalities; each person moved sideways
+    by up to ``shift`` pixels on a new background (:func:`shift_people`; 0 = as rendered);
+    augmentation as in training (visible random grayscale, flips, random erasing); Adam with
+    a linear warm-up over the first 5 % of ``steps`` and cosine decay to 0.
 
     Returns:
         The backbone's state dict with torchvision key names (``fc.*`` dropped).
@@ -116,6 +167,7 @@ def pretrain_backbone(
     bar = tqdm(range(steps), desc="synthetic pretraining", disable=not progress, leave=False)
     for _ in bar:
         vis, ir, y = _batch(images, labels, infrared, rng, batch_size)
+        vis, ir = _shifted(vis, False, shift, rng), _shifted(ir, True, shift, rng)
         x_vis = augment_batch(vis, VISIBLE, augment, gen)[0]
         x = torch.cat([x_vis, augment_batch(ir, INFRARED, augment, gen)[0]])
         loss = F.cross_entropy(model(x), y.long())
@@ -136,6 +188,7 @@ def synthetic_backbone(
     layer3_stride: int = 2,
     ids: int = 512,
     steps: int = 500,
+    shift: int = 0,
     progress: bool = True,
 ) -> Path:
     """Path of the cached synthetic-pretrained backbone; trains and caches it when missing.
@@ -143,7 +196,7 @@ def synthetic_backbone(
     The file is written atomically (temp file, then rename), so an interrupted pretraining
     leaves nothing that a later run would load.
     """
-    path = pretrained_path(cache_dir, arch, size, layer3_stride, ids, steps)
+    path = pretrained_path(cache_dir, arch, size, layer3_stride, ids, steps, shift)
     if path.is_file():
         return path
     logger.info(
@@ -156,7 +209,13 @@ def synthetic_backbone(
     )
     start = time.perf_counter()
     state = pretrain_backbone(
-        arch, size, layer3_stride=layer3_stride, ids=ids, steps=steps, progress=progress
+        arch,
+        size,
+        layer3_stride=layer3_stride,
+        ids=ids,
+        steps=steps,
+        shift=shift,
+        progress=progress,
     )
     with atomic_write(path, "wb") as fh:
         torch.save(state, fh)
