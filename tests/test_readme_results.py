@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         (
             "README.md",
-            ("demo", "study", "diagnose-full", "bench-eval", "bench-dense", "bench-train"),
+            ("demo", "study", "diagnose-full", "shift", "bench-eval", "bench-dense", "bench-train"),
         ),
         ("docs/benchmarks.md", ("bench-small", "bench-real")),
         ("docs/search.md", ("bench-search",)),

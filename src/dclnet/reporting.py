@@ -142,8 +142,9 @@ def render_shift(study: dict[str, Any], rows: list[tuple[str, dict, dict]]) -> s
     lines += [
         "",
         f"Floors: fixed stripes fg IoU {diag['foreground_iou']['stripes']:.3f}, part mIoU "
-        f"{diag['part_miou']['stripes']:.3f}. Synthetic data; one seed each, so differences "
-        f"in identity metrics are within the study's seed spread. {_where(study)}.",
+        f"{diag['part_miou']['stripes']:.3f}. Synthetic data, one run each; across the "
+        f"study's {study['seeds']['full']} seeds the full model's rank-1 has a std of "
+        f"{study['summary']['full']['rank-1 (%)'][1]:.2f}. {_where(study)}.",
     ]
     return "\n".join(lines)
 

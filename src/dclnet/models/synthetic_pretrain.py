@@ -10,9 +10,10 @@ cross-entropy on both modalities, and caches the weights (torchvision key names)
 ImageNet file. The people a model is trained and tested on are not in this population.
 
 ``shift`` (``model.pretrain_shift``) moves each pretraining person sideways by up to that
-many pixels on a fresh random background, as objects sit anywhere in ImageNet photographs:
-the classifier must then find the person wherever it stands, which makes the features more
-local (measured with ``dclnet diagnose``'s ``cam_train``; docs/diagnose.md).
+many pixels on a fresh random background, as objects sit anywhere in ImageNet photographs, so
+that the classifier has to find the person wherever it stands. Meant to make the features
+more local; what it did in one study-recipe run is in the README's study section (it did
+not help there).
 """
 
 from __future__ import annotations
