@@ -141,3 +141,13 @@ def test_removed_keys_of_older_files_load_with_a_warning(tmp_path, caplog):
     assert "synthetic_height" not in to_dict(cfg)["data"]  # and new files no longer hold them
     with pytest.raises(ConfigError, match="unknown config key 'data.synthetic_depth'"):
         load_config(None, ["data.synthetic_depth=3"])  # any other unknown key is still an error
+
+
+def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    from dclnet.cli import resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # e.g. a run folder called "tiny"
+    assert resolve_config_path("tiny") == CONFIG_DIR / "tiny.yaml"
+    (tmp_path / "mine.yaml").write_text("optim:\n  epochs: 3\n")
+    assert resolve_config_path("mine.yaml") == Path("mine.yaml")

@@ -104,7 +104,7 @@ def resolve_config_path(value: str | None) -> Path | None:
     if value is None:
         return None
     path = Path(value)
-    if path.exists():
+    if path.is_file():  # a folder named like a recipe (runs/demo, ./tiny) must not hide it
         return path
     bundled = CONFIG_DIR / f"{value}.yaml"
     if bundled.exists():
