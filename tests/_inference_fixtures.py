@@ -114,3 +114,20 @@ def run_cli(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def ranked(embedder, index, world, **kwargs):
+    """``{query: [(path, score), ...]}`` of an infrared search over ``index`` (top 30)."""
+    from dclnet.inference.index import list_images, search
+
+    queries = [world["queries"] / p for p in list_images(world["queries"])]
+    results = search(embedder, index, queries, "infrared", topk=30, **kwargs)
+    return {r.query: list(zip(r.paths, r.scores)) for r in results}
+
+
+def assert_same_ranking(a, b):
+    """Two :func:`ranked` outputs list the same paths in order, scores within 1e-5."""
+    assert a.keys() == b.keys()
+    for query in a:
+        assert [p for p, _ in a[query]] == [p for p, _ in b[query]]
+        np.testing.assert_allclose([s for _, s in a[query]], [s for _, s in b[query]], atol=1e-5)

@@ -12,14 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _inference_fixtures import make_checkpoint, run_cli, write_sysu_images
+from _inference_fixtures import (
+    assert_same_ranking,
+    make_checkpoint,
+    ranked,
+    run_cli,
+    write_sysu_images,
+)
 
 pytest.importorskip("faiss", reason='the faiss extra is not installed: pip install "dclnet[faiss]"')
 
 from dclnet.errors import DataError, DclnetError  # noqa: E402
 from dclnet.inference import faiss_index  # noqa: E402
 from dclnet.inference.api import Embedder  # noqa: E402
-from dclnet.inference.index import GalleryIndex, list_images, load_index, search  # noqa: E402
+from dclnet.inference.index import GalleryIndex, list_images, load_index  # noqa: E402
 from dclnet.inference.indexing import write_index  # noqa: E402
 from dclnet.inference.topk import topk_search  # noqa: E402
 
@@ -110,19 +116,6 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedder(world):
     return Embedder.from_checkpoint(world["ckpt"], device="cpu")
-
-
-def ranked(embedder, index, world, **kwargs):
-    queries = [world["queries"] / p for p in list_images(world["queries"])]
-    results = search(embedder, index, queries, "infrared", topk=30, **kwargs)
-    return {r.query: list(zip(r.paths, r.scores)) for r in results}
-
-
-def assert_same_ranking(a, b):
-    assert a.keys() == b.keys()
-    for query in a:
-        assert [p for p, _ in a[query]] == [p for p, _ in b[query]]
-        np.testing.assert_allclose([s for _, s in a[query]], [s for _, s in b[query]], atol=1e-5)
 
 
 def index_argv(world, output, *extra):

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _inference_fixtures import make_checkpoint, run_cli, write_sysu_images, write_truncated_jpeg
+from _inference_fixtures import (
+    assert_same_ranking,
+    make_checkpoint,
+    ranked,
+    run_cli,
+    write_sysu_images,
+    write_truncated_jpeg,
+)
 
 from dclnet.errors import DataError, DclnetError, OutputError
 from dclnet.fileio import dir_mode
@@ -303,20 +310,6 @@ def split_gallery(world, tmp_path):
     shutil.copytree(world["gallery"], gallery)
     shutil.move(gallery / "cam5", tmp_path / "cam5")
     return gallery, lambda: shutil.move(tmp_path / "cam5", gallery / "cam5")
-
-
-def ranked(embedder, index, world, **kwargs):
-    """``{query: [(path, score), ...]}`` of a search over ``index``."""
-    queries = [world["queries"] / p for p in list_images(world["queries"])]
-    results = search(embedder, index, queries, "infrared", topk=30, **kwargs)
-    return {r.query: list(zip(r.paths, r.scores)) for r in results}
-
-
-def assert_same_ranking(a, b):
-    assert a.keys() == b.keys()
-    for query in a:
-        assert [p for p, _ in a[query]] == [p for p, _ in b[query]]
-        np.testing.assert_allclose([s for _, s in a[query]], [s for _, s in b[query]], atol=1e-5)
 
 
 def test_append_equals_one_shot_build(world, embedder, tmp_path, capsys):
