@@ -57,13 +57,16 @@ def _masks_and_maps(
     device: torch.device,
     batch_size: int,
     fold_bnneck: bool,
+    with_cams: bool = False,
 ) -> dict[str, Tensor]:
-    """Z, the PAP / PAP+SRM / CAM-label masks and the per-stripe normalised part CAMs on the
-    final map (``cams``, ``N x h x w``) of ``N x H x W x 3`` uint8 images (CPU tensors).
+    """Z, the PAP / PAP+SRM / CAM-label masks of ``N x H x W x 3`` uint8 images (CPU tensors)
+    and, ``with_cams``, the per-stripe normalised part CAMs on the final map (``cams``,
+    ``N x h x w``).
 
     ``classes`` (``N``) picks each image's CAM class; ``None`` = global classifier top-1.
     """
-    out: dict[str, list[Tensor]] = {k: [] for k in ("z", "pap", "pap_srm", "cam_labels", "cams")}
+    keys = ("z", "pap", "pap_srm", "cam_labels") + (("cams",) if with_cams else ())
+    out: dict[str, list[Tensor]] = {k: [] for k in keys}
     weight = model.cam_weight(fold_bnneck)
     for start in range(0, len(images), batch_size):
         x = test_transform(torch.from_numpy(images[start : start + batch_size])).to(device)
@@ -79,7 +82,8 @@ def _masks_and_maps(
         out["pap"].append(pap.cpu())
         out["pap_srm"].append(rectify_masks(res.low_map, pap, model.num_parts).cpu())
         out["cam_labels"].append(cams.cpu())
-        out["cams"].append(part_cams(res.final_map, weight, cls, model.num_parts).cpu())
+        if with_cams:
+            out["cams"].append(part_cams(res.final_map, weight, cls, model.num_parts).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -201,7 +205,7 @@ def _cam_labels_train(model, syn, labels, modality, grid, kw) -> dict[str, Any] 
     for m in (VISIBLE, INFRARED):
         rows = np.flatnonzero(np.isin(labels, train_ids) & (modality == m))
         classes = np.searchsorted(train_ids, labels[rows]).astype(np.int64)
-        out = _masks_and_maps(model, syn.images[rows], m, classes, **kw)
+        out = _masks_and_maps(model, syn.images[rows], m, classes, with_cams=True, **kw)
         preds.append(out["cam_labels"])
         cams.append(out["cams"])
         bands = torch.from_numpy(syn.bands(rows, parts))
