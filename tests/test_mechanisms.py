@@ -14,6 +14,7 @@ from dclnet.data.sources.synthetic_render import body_bands
 from dclnet.evaluation.mechanisms import (
     correspondence,
     foreground_iou,
+    identity_by_column,
     majority_downsample,
     part_ious,
     part_miou,
@@ -118,3 +119,30 @@ def test_cam_person_correlation_per_image():
     # +1, -1, 0 (a constant person share has no correlation), +1
     assert _mean_correlation(a, b) == pytest.approx((1 - 1 + 0 + 1) / 4)
     assert _mean_correlation(a[:1], a[:1] * 0) == 0.0
+
+
+def test_identity_by_column_finds_the_one_column_that_knows_who():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([3, 3, 7, 7, 9, 9, 3, 7, 9, 9])  # 3 identities, not 0..K-1
+    cells = torch.zeros(10, 4, 2, 3)
+    cells[:, :, :, 0] = 1.0  # the same for everyone: no evidence at all
+    ident = F.one_hot(torch.unique(labels, return_inverse=True)[1], 3).float()  # 10 x 3
+    cells[:, :3, 0, 1] = ident + 0.1 * torch.randn(10, 3, generator=gen)  # identity, noisy
+    cells[:, :, :, 2] = torch.randn(10, 4, 2, generator=gen)  # noise unrelated to identity
+    fit = torch.tensor([True, False, True, False, True, False, False, True, True, False])
+    out = identity_by_column(cells, labels, fit)
+    assert out["chance"] == pytest.approx(1 / 3)
+    assert out["accuracy"][1] == 1.0
+    # no evidence: every score ties and argmax takes the first identity (3), right for the
+    # 2 of the 5 scored images (labels 3, 7, 9, 3, 9) that show identity 3
+    assert out["accuracy"][0] == pytest.approx(2 / 5)
+    assert len(out["accuracy"]) == 3 and 0 <= out["accuracy"][2] <= 1
+    with pytest.raises(ValueError, match="at least one fit image"):
+        identity_by_column(cells, labels, labels == 3)
+
+
+def test_every_other_image_of_each_identity_is_a_prototype():
+    from dclnet.evaluation.diagnose import _every_other
+
+    labels = np.array([5, 2, 5, 5, 2, 9])
+    assert _every_other(labels).tolist() == [True, True, False, True, False, True]

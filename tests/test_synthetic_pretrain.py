@@ -75,16 +75,17 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake(arch, size, cache, *, layer3_stride, shift):
-        calls.append((arch, size, cache, layer3_stride, shift))
+    def fake(arch, size, cache, *, layer3_stride, steps, shift, parts):
+        calls.append((arch, size, cache, layer3_stride, steps, shift, parts))
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
     cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
                              f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
-                             "model.layer3_stride=1", "model.pretrain_shift=5"])  # fmt: skip
+                             "model.layer3_stride=1", "model.pretrain_shift=5",
+                             "model.pretrain_parts=0.5", "model.pretrain_steps=7"])  # fmt: skip
     assert train._pretrained(cfg) == tmp_path / "weights.pt"
-    assert calls == [("resnet18", (64, 32), tmp_path, 1, 5)]
+    assert calls == [("resnet18", (64, 32), tmp_path, 1, 7, 5, 0.5)]
     assert train._pretrained(load_config(None, ["model.pretrained=null"])) is None
 
 
@@ -109,3 +110,59 @@ def test_shift_zero_keeps_the_first_recipes_cache_file(tmp_path):
     assert pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 0) == plain
     moved = pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 18)
     assert moved.name == "synthetic-resnet18-96x48-s32-512ids-500steps-shift18-v1.pt"
+
+    parsed = pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 0, 1.0)
+    assert parsed.name == "synthetic-resnet18-96x48-s32-512ids-500steps-parts1-v1.pt"
+    assert pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 0, 0.0) == plain
+
+
+def test_part_mix_loss_equals_a_per_cell_loop():
+    from dclnet.models.synthetic_pretrain import part_mix_loss
+
+    gen = torch.Generator().manual_seed(0)
+    parts = torch.randint(0, 3, (2, 4, 6), generator=gen)  # 2 images, 2 x 3 cells of 2 x 2 px
+    logits = torch.randn(2, 3, 2, 3, generator=gen)
+    total = 0.0
+    for n in range(2):
+        for i in range(2):
+            for j in range(3):
+                block = parts[n, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].flatten()
+                share = torch.stack([(block == k).float().mean() for k in range(3)])
+                total -= (share * torch.log_softmax(logits[n, :, i, j], 0)).sum()
+    torch.testing.assert_close(part_mix_loss(logits, parts), total / 12)
+    # a cell all of one part, predicted with certainty, costs nothing
+    one = torch.zeros(1, 4, 6, dtype=torch.long)
+    sure = torch.full((1, 3, 2, 3), -100.0)
+    sure[:, 0] = 100.0
+    assert part_mix_loss(sure, one).item() < 1e-6
+
+
+def test_part_maps_move_and_flip_with_their_images():
+    from dclnet.models.synthetic_pretrain import _flipped, _shifted
+
+    rng = np.random.default_rng(0)
+    parts = rng.integers(0, 7, (5, 8, 6)).astype(np.uint8)
+    parts[:, :, :2] = 0  # some background columns
+    images = torch.from_numpy(np.repeat(parts[..., None] * 30 + 10, 3, -1).astype(np.uint8))
+    moved, moved_parts = _shifted(images, False, 3, rng, parts)
+    assert moved_parts.shape == parts.shape
+    person = moved_parts > 0
+    # wherever the moved map says "person", the moved image shows that very part's value
+    expect = moved_parts.astype(np.int64) * 30 + 10
+    assert (moved[..., 0].numpy()[person] == expect[person]).all()
+    assert 0 < person.sum() <= (parts > 0).sum()
+    flip = torch.tensor([True, False, True, False, False])
+    f_images, f_parts = _flipped(moved, moved_parts, flip)
+    assert (f_parts[0].numpy() == moved_parts[0][:, ::-1]).all()
+    assert (f_parts[1].numpy() == moved_parts[1]).all()
+    assert (f_images[..., 0].numpy()[f_parts.numpy() > 0]
+            == f_parts.numpy()[f_parts.numpy() > 0].astype(np.int64) * 30 + 10).all()  # fmt: skip
+
+
+def test_part_pretraining_trains_a_part_head_and_changes_the_backbone():
+    a = synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), ids=6, steps=2, progress=False)
+    b = synthetic_pretrain.pretrain_backbone(
+        "resnet18", (32, 16), ids=6, steps=2, parts=1.0, progress=False
+    )
+    assert a.keys() == b.keys()  # the part head is not part of the backbone file
+    assert not torch.equal(a["layer4.1.conv2.weight"], b["layer4.1.conv2.weight"])

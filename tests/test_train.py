@@ -299,6 +299,12 @@ def test_tensorboard_and_monitoring_events(tmp_path):
     assert all(e["uses_test_data"] for e in monitoring)
 
 
+def syn_test_ids(ids: int) -> list[int]:
+    from dclnet.data.datasets import synthetic_set
+
+    return synthetic_set(ids, 0, 64, 32).test_ids
+
+
 def test_diagnose_command_reports_mechanisms(tmp_path, tiny_run, capsys):
     import numpy as np
 
@@ -325,6 +331,10 @@ def test_diagnose_command_reports_mechanisms(tmp_path, tiny_run, capsys):
     assert width == len(cam["foreground_by_column"]) >= 1
     assert all(0 <= v <= 1 for v in cam["cam_by_column"] + cam["foreground_by_column"])
     assert -1 <= cam["correlation"] <= 1
+    col = result["identity_by_column"]  # final map of a 64 x 32 input: 2 columns
+    assert len(col["accuracy"]) == 2 and all(0 <= v <= 1 for v in col["accuracy"])
+    assert col["chance"] == pytest.approx(1 / len(syn_test_ids(16)))
+    assert "identity read from one final-map column" in printed
     # the stripe masks mark every cell: their foreground IoU is the true foreground share
     syn = synthetic_set(16, 0, 64, 32)
     rows = [i for i, r in enumerate(syn.records) if r.label in syn.test_ids]

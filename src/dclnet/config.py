@@ -82,6 +82,8 @@ class ModelConfig:
     pixel_init: str = "default"  # one of PIXEL_INITS; "normal" = N(0, 0.001), released code
     layer3_stride: int = 2  # 1 = final map at 1/8 of the input (small CPU inputs); paper: 2
     pretrain_shift: int = 0  # pretrained=synthetic: move people up to this many px sideways
+    pretrain_parts: float = 0.0  # pretrained=synthetic: weight of the per-cell part-mix task
+    pretrain_steps: int = 500  # pretrained=synthetic: pretraining steps (64 images each)
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ _RANGES: dict[str, tuple] = {
     "model.gem_p": (0, None, "open-low"),
     "model.layer3_stride": (1, 2),
     "model.pretrain_shift": (0, None),
+    "model.pretrain_parts": (0, None),
+    "model.pretrain_steps": (1, None),
     "loss.id": (0, None),
     "loss.metric": (0, None),
     "loss.part_id": (0, None),

@@ -124,9 +124,10 @@ def render_shift(study: dict[str, Any], rows: list[tuple[str, dict, dict]]) -> s
     head = (
         "| full DCLNet, study recipe, seed 0 | rank-1 (%) | mAP (%) | fg IoU PAP | "
         "fg IoU PAP+SRM | part mIoU PAP | part mIoU PAP+SRM | fg IoU CAM labels (train) | "
-        "CAM-person correlation (train) | correspondence |"
+        "CAM-person correlation (train) | identity from one column, left / centre / right | "
+        "correspondence |"
     )
-    lines = [head, "|---" * 10 + "|"]
+    lines = [head, "|---" * 11 + "|"]
     for label, test, diag in rows:
         fg, miou, cam = diag["foreground_iou"], diag["part_miou"], diag["cam_train"]
         cells = [
@@ -135,6 +136,7 @@ def render_shift(study: dict[str, Any], rows: list[tuple[str, dict, dict]]) -> s
             *(f"{v:.3f}" for v in (fg["pap"], fg["pap_srm"], miou["pap"], miou["pap_srm"])),
             f"{cam['foreground_iou']:.3f}",
             f"{cam['correlation']:.3f}",
+            " / ".join(f"{v:.2f}" for v in diag["identity_by_column"]["accuracy"]),
             f"{diag['correspondence']['accuracy']:.3f}",
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -142,7 +144,8 @@ def render_shift(study: dict[str, Any], rows: list[tuple[str, dict, dict]]) -> s
     lines += [
         "",
         f"Floors: fixed stripes fg IoU {diag['foreground_iou']['stripes']:.3f}, part mIoU "
-        f"{diag['part_miou']['stripes']:.3f}. Synthetic data, one run each; across the "
+        f"{diag['part_miou']['stripes']:.3f}; identity from one column: chance "
+        f"{diag['identity_by_column']['chance']:.2f}. Synthetic data, one run each; across the "
         f"study's {study['seeds']['full']} seeds the full model's rank-1 has a std of "
         f"{study['summary']['full']['rank-1 (%)'][1]:.2f}. {_where(study)}.",
     ]
@@ -157,6 +160,8 @@ def _shift_rows(results: Path) -> str:
          _load(results, "diagnose_full_seed0")),
         ("… `model.pretrain_shift=18`", _load(results, "test_shift18_seed0"),
          _load(results, "diagnose_shift18_seed0")),
+        ("… `model.pretrain_parts=1`", _load(results, "test_parts1_seed0"),
+         _load(results, "diagnose_parts1_seed0")),
     ]  # fmt: skip
     return render_shift(study, rows)
 

@@ -105,7 +105,13 @@ def _pretrained(cfg: Config) -> str | Path | None:
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     size = (cfg.data.height, cfg.data.width)
     return synthetic_backbone(
-        m.arch, size, cache, layer3_stride=m.layer3_stride, shift=m.pretrain_shift
+        m.arch,
+        size,
+        cache,
+        layer3_stride=m.layer3_stride,
+        steps=m.pretrain_steps,
+        shift=m.pretrain_shift,
+        parts=m.pretrain_parts,
     )
 
 

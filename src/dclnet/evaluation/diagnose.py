@@ -35,6 +35,7 @@ from dclnet.data.records import INFRARED, VISIBLE
 from dclnet.evaluation.mechanisms import (
     correspondence,
     foreground_iou,
+    identity_by_column,
     majority_downsample,
     part_miou,
 )
@@ -58,14 +59,17 @@ def _masks_and_maps(
     batch_size: int,
     fold_bnneck: bool,
     with_cams: bool = False,
+    with_columns: bool = False,
 ) -> dict[str, Tensor]:
-    """Z, the PAP / PAP+SRM / CAM-label masks of ``N x H x W x 3`` uint8 images (CPU tensors)
-    and, ``with_cams``, the per-stripe normalised part CAMs on the final map (``cams``,
-    ``N x h x w``).
+    """Z, the PAP / PAP+SRM / CAM-label masks of ``N x H x W x 3`` uint8 images (CPU tensors),
+    with ``with_cams`` the per-stripe normalised part CAMs on the final map (``cams``,
+    ``N x h x w``), with ``with_columns`` the final map average-pooled to the part stripes,
+    columns kept (``columns``, ``N x C x P x w``).
 
     ``classes`` (``N``) picks each image's CAM class; ``None`` = global classifier top-1.
     """
     keys = ("z", "pap", "pap_srm", "cam_labels") + (("cams",) if with_cams else ())
+    keys += ("columns",) if with_columns else ()
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     weight = model.cam_weight(fold_bnneck)
     for start in range(0, len(images), batch_size):
@@ -84,7 +88,20 @@ def _masks_and_maps(
         out["cam_labels"].append(cams.cpu())
         if with_cams:
             out["cams"].append(part_cams(res.final_map, weight, cls, model.num_parts).cpu())
+        if with_columns:
+            size = (model.num_parts, res.final_map.shape[-1])
+            out["columns"].append(F.adaptive_avg_pool2d(res.final_map.float(), size).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _every_other(labels: np.ndarray) -> np.ndarray:
+    """Bool mask of every other image of each label (the 1st, 3rd, … in order of appearance)."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    first = np.searchsorted(sorted_labels, sorted_labels)  # start of each image's label run
+    mask = np.empty(len(labels), dtype=bool)
+    mask[order] = (np.arange(len(labels)) - first) % 2 == 0
+    return mask
 
 
 def _pairs(labels: np.ndarray, rows_v: np.ndarray, rows_i: np.ndarray, per_id: int):
@@ -140,7 +157,10 @@ def diagnose_model(
     test = np.isin(labels, syn.test_ids)
     rows = {m: np.flatnonzero(test & (modality == m)) for m in (VISIBLE, INFRARED)}
     kw = dict(device=device, batch_size=batch_size, fold_bnneck=fold_bnneck)
-    res = {m: _masks_and_maps(model, syn.images[r], m, None, **kw) for m, r in rows.items()}
+    res = {
+        m: _masks_and_maps(model, syn.images[r], m, None, with_columns=True, **kw)
+        for m, r in rows.items()
+    }
     grid = tuple(res[VISIBLE]["z"].shape[-2:])
     parts = model.num_parts
     truth = {
@@ -161,6 +181,12 @@ def diagnose_model(
         res[VISIBLE]["z"][jv], res[INFRARED]["z"][ji], truth[VISIBLE][jv], truth[INFRARED][ji]
     )
     train = _cam_labels_train(model, syn, labels, modality, grid, kw) if trained_on_set else None
+    both = np.concatenate([labels[rows[VISIBLE]], labels[rows[INFRARED]]])
+    columns = identity_by_column(
+        torch.cat([res[VISIBLE]["columns"], res[INFRARED]["columns"]]),
+        torch.from_numpy(both),
+        torch.from_numpy(_every_other(both)),
+    )
     return {
         "foreground_iou": fg,
         "part_miou": miou,
@@ -170,6 +196,7 @@ def diagnose_model(
             "num_pairs": len(pv),
         },
         "grid": list(grid),
+        "identity_by_column": columns,
         "cam_labels_train": train["foreground_iou"] if train else None,
         "cam_train": train,
         "synthetic": {
@@ -249,6 +276,13 @@ def format_diagnosis(result: dict[str, Any]) -> str:
         f"cross-modal correspondence on Z: accuracy {corr['accuracy']:.3f} "
         f"(chance {corr['chance']:.3f}, {corr['num_pairs']} pairs)",
     ]
+    if result.get("identity_by_column") is not None:
+        col = result["identity_by_column"]
+        lines.append(
+            "identity read from one final-map column (left to right): "
+            + " ".join(f"{v:.2f}" for v in col["accuracy"])
+            + f" (chance {col['chance']:.2f})"
+        )
     if result.get("cam_labels_train") is not None:
         lines.append(
             f"CAM labels on training images (true class): foreground IoU "

@@ -12,6 +12,8 @@ only the parts present in the prediction or the truth, and is 1 when none is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -112,3 +114,37 @@ def correspondence(
         "chance": float(chance.sum().item() / count) if count else 0.0,
         "num_anchors": count,
     }
+
+
+def identity_by_column(cells: Tensor, labels: Tensor, fit: Tensor) -> dict[str, Any]:
+    """How well each column of the final map alone tells who is in the image.
+
+    Per column j, an image's descriptor is its cells of that column (``C x P`` values),
+    standardised with the ``fit`` images' per-value mean and std and L2-normalised. Each
+    identity's mean descriptor over its ``fit`` images is its prototype; every other image is
+    assigned the identity of its most cosine-similar prototype. A CAM scores each cell by the
+    identity evidence it carries, so it can only point at the person when the person's
+    columns carry more of that evidence than the background's.
+
+    Args:
+        cells: ``N x C x P x w`` final map pooled to ``P`` stripes (any ``w`` columns).
+        labels: ``N`` identity labels (any integers).
+        fit: ``N`` bool, the images the prototypes are built from; the others are scored.
+            Every scored identity needs at least one ``fit`` image.
+
+    Returns:
+        ``accuracy`` (one share per column, left to right) and ``chance`` (1 / identities).
+    """
+    classes, index = torch.unique(labels, return_inverse=True)
+    if not bool(torch.isin(index[~fit], index[fit]).all()):
+        raise ValueError("every scored identity needs at least one fit image")
+    onehot = F.one_hot(index[fit], len(classes)).to(cells.dtype)  # N_fit x K
+    accuracy = []
+    for j in range(cells.shape[-1]):  # a handful of columns, each one batched matrix product
+        x = cells[..., j].flatten(1).double()  # N x C*P
+        mean, std = x[fit].mean(dim=0), x[fit].std(dim=0)
+        x = F.normalize((x - mean) / std.clamp_min(1e-6), dim=1)
+        protos = F.normalize(onehot.double().T @ x[fit], dim=1)  # K x C*P
+        guess = (x[~fit] @ protos.T).argmax(dim=1)
+        accuracy.append(float((guess == index[~fit]).double().mean()))
+    return {"accuracy": accuracy, "chance": 1.0 / len(classes)}

@@ -14,6 +14,14 @@ many pixels on a fresh random background, as objects sit anywhere in ImageNet ph
 that the classifier has to find the person wherever it stands. Meant to make the features
 more local; what it did in one study-recipe run is in the README's study section (it did
 not help there).
+
+``parts`` (``model.pretrain_parts``) adds a second pretraining task: from every cell of the
+final map, predict the mix of body parts (skin, hair, top, bottom, shoes, bag, background)
+under that cell, with the pretraining population's own part maps as targets. ImageNet
+features are local — a cell responds to what lies under it — and this is what the CAMs of
+DCLNet's part branch rely on; identity classification alone on centred people does not
+produce it (measured in the README's study section). The re-identification training and every
+evaluation still see no part label: only the separate pretraining population's maps are used.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from tqdm.auto import tqdm
 
 from dclnet.data.augment import AugmentConfig, augment_batch
 from dclnet.data.records import INFRARED, VISIBLE
+from dclnet.data.sources.synthetic_render import PART_NAMES
 from dclnet.fileio import atomic_write
 from dclnet.models.pooling import GeM
 from dclnet.models.resnet import build_resnet
@@ -49,36 +58,62 @@ def pretrained_path(
     ids: int,
     steps: int,
     shift: int = 0,
+    parts: float = 0.0,
 ) -> Path:
     """Cache file of one pretraining recipe."""
     h, w = size
     moved = f"-shift{shift}" if shift else ""
-    name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}"
+    parsed = f"-parts{parts:g}" if parts else ""
+    name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}{parsed}"
     return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
 
 
 class _Classifier(nn.Module):
-    """ResNet → GeM → BatchNorm → linear identity classifier (shared by both modalities)."""
+    """ResNet → GeM → BatchNorm → linear identity classifier (shared by both modalities).
 
-    def __init__(self, arch: str, layer3_stride: int, num_classes: int) -> None:
+    With ``num_parts`` > 0 also a 1 × 1 convolution on the final map: per-cell part logits.
+    """
+
+    def __init__(self, arch: str, layer3_stride: int, num_classes: int, num_parts: int = 0) -> None:
         super().__init__()
         self.backbone = build_resnet(arch, last_stride=1, layer3_stride=layer3_stride)
         dim = self.backbone.stage_channels[-1]
         self.pool = GeM(3.0)
         self.neck = nn.BatchNorm1d(dim)
         self.head = nn.Linear(dim, num_classes, bias=False)
+        self.parts = nn.Conv2d(dim, num_parts, 1) if num_parts else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.neck(self.pool(self.backbone.forward_features(x))))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Identity logits ``N x classes`` and part logits ``N x parts x h x w`` (or None)."""
+        fmap = self.backbone.forward_features(x)
+        parts = self.parts(fmap) if self.parts is not None else None
+        return self.head(self.neck(self.pool(fmap))), parts
+
+
+def part_mix_loss(logits: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy between per-cell part logits and the part mix under each cell.
+
+    Args:
+        logits: ``N x P x h x w`` part logits of the final map's cells.
+        parts: ``N x H x W`` integer part labels in ``0..P-1`` (``H``, ``W`` multiples of
+            ``h``, ``w``).
+
+    Returns:
+        Scalar: mean over cells of ``-sum_k t_k log softmax(logits)_k``, where ``t`` is the
+        share of each part among the pixels under the cell.
+    """
+    target = F.one_hot(parts.long(), logits.shape[1]).permute(0, 3, 1, 2).float()
+    target = F.adaptive_avg_pool2d(target, logits.shape[-2:])
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 def _batch(images, labels, infrared, rng, size: int):
-    """``size`` random images, visible first: (visible uint8, infrared uint8, labels)."""
+    """``size`` random rows, visible first: (visible uint8, infrared uint8, labels, rows)."""
     rows = rng.choice(len(images), size, replace=False)
     rows = np.concatenate([rows[~infrared[rows]], rows[infrared[rows]]])
     n_vis = int((~infrared[rows]).sum())
     x = torch.from_numpy(images[rows])
-    return x[:n_vis], x[n_vis:], torch.from_numpy(labels[rows])
+    return x[:n_vis], x[n_vis:], torch.from_numpy(labels[rows]), rows
 
 
 def shift_people(
@@ -106,16 +141,34 @@ def shift_people(
     return torch.from_numpy(np.ascontiguousarray(canvas[:, :, shift : shift + w]))
 
 
-def _shifted(images: torch.Tensor, infrared: bool, shift: int, rng) -> torch.Tensor:
-    """``images`` moved by up to ``shift`` px onto fresh random backgrounds of their modality."""
+def _shifted(
+    images: torch.Tensor, infrared: bool, shift: int, rng, parts: np.ndarray | None = None
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """``images`` moved by up to ``shift`` px onto fresh random backgrounds of their modality.
+
+    ``parts`` (``N x H x W``), when given, moves with its images onto background (0).
+    """
     from dclnet.data.sources.synthetic_render import background
 
     if shift == 0 or len(images) == 0:
-        return images
+        return images, parts
     n, h, w, _ = images.shape
     bg = background(rng, n, h, w + 2 * shift, 1 if infrared else 3)
     bg = (np.broadcast_to(bg, (*bg.shape[:3], 3)) * 255).round().astype(np.uint8)
-    return shift_people(images.numpy(), rng.integers(0, 2 * shift + 1, n), bg, shift)
+    offsets = rng.integers(0, 2 * shift + 1, n)
+    moved = shift_people(images.numpy(), offsets, bg, shift)
+    if parts is not None:
+        empty = np.zeros((n, h, w + 2 * shift, 3), dtype=np.uint8)
+        parts = shift_people(np.repeat(parts[..., None], 3, -1), offsets, empty, shift)
+        parts = parts[..., 0].numpy()
+    return moved, parts
+
+
+def _flipped(images: torch.Tensor, parts: np.ndarray, flip: torch.Tensor):
+    """Mirror the images (``N x H x W x 3``) and part maps (``N x H x W``) where ``flip``."""
+    parts = torch.from_numpy(np.ascontiguousarray(parts))
+    images = torch.where(flip[:, None, None, None], images.flip(2), images)
+    return images, torch.where(flip[:, None, None], parts.flip(2), parts)
 
 
 def pretrain_backbone(
@@ -128,6 +181,7 @@ def pretrain_backbone(
     batch_size: int = 64,
     lr: float = 1e-3,
     shift: int = 0,
+    parts: float = 0.0,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Train a ResNet to classify the people of a separate synthetic population.
@@ -135,7 +189,10 @@ def pretrain_backbone(
     Batches of ``batch_size`` random images of both modalities; each person moved sideways
     by up to ``shift`` pixels on a new background (:func:`shift_people`; 0 = as rendered);
     augmentation as in training (visible random grayscale, flips, random erasing); Adam with
-    a linear warm-up over the first 5 % of ``steps`` and cosine decay to 0.
+    a linear warm-up over the first 5 % of ``steps`` and cosine decay to 0. With ``parts``
+    > 0 the loss adds ``parts`` × :func:`part_mix_loss` of a per-cell part head on the final
+    map (targets: the population's part maps, flipped with their images, erased pixels
+    counted as background).
 
     Returns:
         The backbone's state dict with torchvision key names (``fc.*`` dropped).
@@ -150,10 +207,12 @@ def pretrain_backbone(
     images = syn.images[keep]
     labels = np.searchsorted(syn.train_ids, np.array([r.label for r in syn.records])[keep])
     infrared = np.array([r.modality == INFRARED for r in syn.records])[keep]
+    part_maps = syn.parts[keep] if parts else None
     torch.manual_seed(PRETRAIN_SEED)
     rng = np.random.default_rng(PRETRAIN_SEED)
     gen = torch.Generator().manual_seed(PRETRAIN_SEED)
-    model = _Classifier(arch, layer3_stride, len(syn.train_ids)).train()
+    num_parts = len(PART_NAMES) if parts else 0
+    model = _Classifier(arch, layer3_stride, len(syn.train_ids), num_parts).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -164,14 +223,30 @@ def pretrain_backbone(
             else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
         ),
     )
-    augment = AugmentConfig()
+    # with part targets the flip is drawn here, so that images and part maps flip together
+    augment = AugmentConfig(flip_p=0.0) if parts else AugmentConfig()
     bar = tqdm(range(steps), desc="synthetic pretraining", disable=not progress, leave=False)
     for _ in bar:
-        vis, ir, y = _batch(images, labels, infrared, rng, batch_size)
-        vis, ir = _shifted(vis, False, shift, rng), _shifted(ir, True, shift, rng)
-        x_vis = augment_batch(vis, VISIBLE, augment, gen)[0]
-        x = torch.cat([x_vis, augment_batch(ir, INFRARED, augment, gen)[0]])
-        loss = F.cross_entropy(model(x), y.long())
+        vis, ir, y, rows = _batch(images, labels, infrared, rng, batch_size)
+        if not parts:
+            vis, ir = _shifted(vis, False, shift, rng)[0], _shifted(ir, True, shift, rng)[0]
+            x_vis = augment_batch(vis, VISIBLE, augment, gen)[0]
+            x = torch.cat([x_vis, augment_batch(ir, INFRARED, augment, gen)[0]])
+            loss = F.cross_entropy(model(x)[0], y.long())
+        else:
+            n_vis = len(vis)
+            vis, p_vis = _shifted(vis, False, shift, rng, part_maps[rows[:n_vis]])
+            ir, p_ir = _shifted(ir, True, shift, rng, part_maps[rows[n_vis:]])
+            flip = torch.rand(len(rows), generator=gen) < 0.5
+            vis, p_vis = _flipped(vis, p_vis, flip[:n_vis])
+            ir, p_ir = _flipped(ir, p_ir, flip[n_vis:])
+            (x_vis, e_vis), (x_ir, e_ir) = (
+                augment_batch(vis, VISIBLE, augment, gen),
+                augment_batch(ir, INFRARED, augment, gen),
+            )
+            target = torch.cat([p_vis, p_ir]).masked_fill(torch.cat([e_vis, e_ir]), 0)
+            logits, cells = model(torch.cat([x_vis, x_ir]))
+            loss = F.cross_entropy(logits, y.long()) + parts * part_mix_loss(cells, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -190,6 +265,7 @@ def synthetic_backbone(
     ids: int = 512,
     steps: int = 500,
     shift: int = 0,
+    parts: float = 0.0,
     progress: bool = True,
 ) -> Path:
     """Path of the cached synthetic-pretrained backbone; trains and caches it when missing.
@@ -197,7 +273,7 @@ def synthetic_backbone(
     The file is written atomically (temp file, then rename), so an interrupted pretraining
     leaves nothing that a later run would load.
     """
-    path = pretrained_path(cache_dir, arch, size, layer3_stride, ids, steps, shift)
+    path = pretrained_path(cache_dir, arch, size, layer3_stride, ids, steps, shift, parts)
     if path.is_file():
         return path
     logger.info(
@@ -216,6 +292,7 @@ def synthetic_backbone(
         ids=ids,
         steps=steps,
         shift=shift,
+        parts=parts,
         progress=progress,
     )
     with atomic_write(path, "wb") as fh:
