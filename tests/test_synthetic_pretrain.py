@@ -75,17 +75,18 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake(arch, size, cache, *, layer3_stride, steps, shift, parts):
-        calls.append((arch, size, cache, layer3_stride, steps, shift, parts))
+    def fake(arch, size, cache, *, layer3_stride, steps, shift, parts, local):
+        calls.append((arch, size, cache, layer3_stride, steps, shift, parts, local))
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
     cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
                              f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
                              "model.layer3_stride=1", "model.pretrain_shift=5",
-                             "model.pretrain_parts=0.5", "model.pretrain_steps=7"])  # fmt: skip
+                             "model.pretrain_parts=0.5", "model.pretrain_steps=7",
+                             "model.pretrain_local=2"])  # fmt: skip
     assert train._pretrained(cfg) == tmp_path / "weights.pt"
-    assert calls == [("resnet18", (64, 32), tmp_path, 1, 7, 5, 0.5)]
+    assert calls == [("resnet18", (64, 32), tmp_path, 1, 7, 5, 0.5, 2.0)]
     assert train._pretrained(load_config(None, ["model.pretrained=null"])) is None
 
 
@@ -114,6 +115,8 @@ def test_shift_zero_keeps_the_first_recipes_cache_file(tmp_path):
     parsed = pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 0, 1.0)
     assert parsed.name == "synthetic-resnet18-96x48-s32-512ids-500steps-parts1-v1.pt"
     assert pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 500, 0, 0.0) == plain
+    local = pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 1500, 0, 0.0, 0.5)
+    assert local.name == "synthetic-resnet18-96x48-s32-512ids-1500steps-local0.5-v1.pt"
 
 
 def test_part_mix_loss_equals_a_per_cell_loop():
@@ -166,3 +169,20 @@ def test_part_pretraining_trains_a_part_head_and_changes_the_backbone():
     )
     assert a.keys() == b.keys()  # the part head is not part of the backbone file
     assert not torch.equal(a["layer4.1.conv2.weight"], b["layer4.1.conv2.weight"])
+
+
+def test_local_identity_loss_names_the_person_only_on_person_cells():
+    from dclnet.models.synthetic_pretrain import local_identity_loss
+
+    logits = torch.tensor([[[[2.0, 0.5, 9.0]], [[-1.0, 1.5, -9.0]]]])  # 1 x 2 classes x 1 x 3
+    share = torch.tensor([[[0.6, 0.0, 0.3]]])  # person cell, empty cell, ignored (partly)
+    logp = torch.log_softmax(logits[0, :, 0], dim=0)  # 2 x 3
+    expected = -logp[1, 0] - logp[:, 1].mean()  # label 1 on cell 0; uniform target on cell 1
+    torch.testing.assert_close(local_identity_loss(logits, torch.tensor([1]), share), expected)
+    # no person cell and no empty cell: nothing to learn
+    half = torch.full((1, 1, 3), 0.3)
+    assert local_identity_loss(logits, torch.tensor([1]), half).item() == 0.0
+    b = synthetic_pretrain.pretrain_backbone(
+        "resnet18", (32, 16), ids=6, steps=2, local=1.0, progress=False
+    )
+    assert "fc.weight" not in b and torch.isfinite(b["layer4.1.conv2.weight"]).all()

@@ -83,6 +83,7 @@ class ModelConfig:
     layer3_stride: int = 2  # 1 = final map at 1/8 of the input (small CPU inputs); paper: 2
     pretrain_shift: int = 0  # pretrained=synthetic: move people up to this many px sideways
     pretrain_parts: float = 0.0  # pretrained=synthetic: weight of the per-cell part-mix task
+    pretrain_local: float = 0.0  # pretrained=synthetic: weight of the per-cell identity task
     pretrain_steps: int = 500  # pretrained=synthetic: pretraining steps (64 images each)
 
 
@@ -208,6 +209,7 @@ _RANGES: dict[str, tuple] = {
     "model.pretrain_shift": (0, None),
     "model.pretrain_parts": (0, None),
     "model.pretrain_steps": (1, None),
+    "model.pretrain_local": (0, None),
     "loss.id": (0, None),
     "loss.metric": (0, None),
     "loss.part_id": (0, None),

@@ -112,6 +112,7 @@ def _pretrained(cfg: Config) -> str | Path | None:
         steps=m.pretrain_steps,
         shift=m.pretrain_shift,
         parts=m.pretrain_parts,
+        local=m.pretrain_local,
     )
 
 

@@ -59,11 +59,13 @@ def pretrained_path(
     steps: int,
     shift: int = 0,
     parts: float = 0.0,
+    local: float = 0.0,
 ) -> Path:
     """Cache file of one pretraining recipe."""
     h, w = size
     moved = f"-shift{shift}" if shift else ""
     parsed = f"-parts{parts:g}" if parts else ""
+    parsed += f"-local{local:g}" if local else ""
     name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}{parsed}"
     return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
 
@@ -74,7 +76,14 @@ class _Classifier(nn.Module):
     With ``num_parts`` > 0 also a 1 × 1 convolution on the final map: per-cell part logits.
     """
 
-    def __init__(self, arch: str, layer3_stride: int, num_classes: int, num_parts: int = 0) -> None:
+    def __init__(
+        self,
+        arch: str,
+        layer3_stride: int,
+        num_classes: int,
+        num_parts: int = 0,
+        local: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = build_resnet(arch, last_stride=1, layer3_stride=layer3_stride)
         dim = self.backbone.stage_channels[-1]
@@ -82,12 +91,46 @@ class _Classifier(nn.Module):
         self.neck = nn.BatchNorm1d(dim)
         self.head = nn.Linear(dim, num_classes, bias=False)
         self.parts = nn.Conv2d(dim, num_parts, 1) if num_parts else None
+        self.cells = (
+            nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, num_classes, 1, bias=False))
+            if local
+            else None
+        )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Identity logits ``N x classes`` and part logits ``N x parts x h x w`` (or None)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Identity logits ``N x classes``, part logits ``N x parts x h x w`` and per-cell
+        identity logits ``N x classes x h x w`` (each None when not built)."""
         fmap = self.backbone.forward_features(x)
         parts = self.parts(fmap) if self.parts is not None else None
-        return self.head(self.neck(self.pool(fmap))), parts
+        cells = self.cells(fmap) if self.cells is not None else None
+        return self.head(self.neck(self.pool(fmap))), parts, cells
+
+
+def local_identity_loss(
+    logits: torch.Tensor, labels: torch.Tensor, share: torch.Tensor
+) -> torch.Tensor:
+    """Identity evidence only where the person is: per-cell identity logits are trained to
+    name the person on cells mostly covered by the person (share >= 0.5) and to name nobody
+    (uniform target) on cells without person (share 0).
+
+    Args:
+        logits: ``N x K x h x w`` per-cell identity logits.
+        labels: ``N`` identity indices.
+        share: ``N x h x w`` share of person pixels under each cell.
+
+    Returns:
+        Mean cross-entropy over person cells plus mean uniform-target cross-entropy over
+        background cells (a term is 0 when it has no cell).
+    """
+    logp = F.log_softmax(logits, dim=1)  # N x K x h x w
+    own = logp.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *logp.shape[-2:]))[:, 0]
+    person, empty = share >= 0.5, share == 0
+    loss = logits.new_zeros(())
+    if person.any():
+        loss = loss - own[person].mean()
+    if empty.any():
+        loss = loss - logp.mean(dim=1)[empty].mean()
+    return loss
 
 
 def part_mix_loss(logits: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
@@ -182,6 +225,7 @@ def pretrain_backbone(
     lr: float = 1e-3,
     shift: int = 0,
     parts: float = 0.0,
+    local: float = 0.0,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Train a ResNet to classify the people of a separate synthetic population.
@@ -207,12 +251,13 @@ def pretrain_backbone(
     images = syn.images[keep]
     labels = np.searchsorted(syn.train_ids, np.array([r.label for r in syn.records])[keep])
     infrared = np.array([r.modality == INFRARED for r in syn.records])[keep]
-    part_maps = syn.parts[keep] if parts else None
+    maps = bool(parts or local)
+    part_maps = syn.parts[keep] if maps else None
     torch.manual_seed(PRETRAIN_SEED)
     rng = np.random.default_rng(PRETRAIN_SEED)
     gen = torch.Generator().manual_seed(PRETRAIN_SEED)
     num_parts = len(PART_NAMES) if parts else 0
-    model = _Classifier(arch, layer3_stride, len(syn.train_ids), num_parts).train()
+    model = _Classifier(arch, layer3_stride, len(syn.train_ids), num_parts, bool(local)).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -224,11 +269,11 @@ def pretrain_backbone(
         ),
     )
     # with part targets the flip is drawn here, so that images and part maps flip together
-    augment = AugmentConfig(flip_p=0.0) if parts else AugmentConfig()
+    augment = AugmentConfig(flip_p=0.0) if maps else AugmentConfig()
     bar = tqdm(range(steps), desc="synthetic pretraining", disable=not progress, leave=False)
     for _ in bar:
         vis, ir, y, rows = _batch(images, labels, infrared, rng, batch_size)
-        if not parts:
+        if not maps:
             vis, ir = _shifted(vis, False, shift, rng)[0], _shifted(ir, True, shift, rng)[0]
             x_vis = augment_batch(vis, VISIBLE, augment, gen)[0]
             x = torch.cat([x_vis, augment_batch(ir, INFRARED, augment, gen)[0]])
@@ -245,8 +290,14 @@ def pretrain_backbone(
                 augment_batch(ir, INFRARED, augment, gen),
             )
             target = torch.cat([p_vis, p_ir]).masked_fill(torch.cat([e_vis, e_ir]), 0)
-            logits, cells = model(torch.cat([x_vis, x_ir]))
-            loss = F.cross_entropy(logits, y.long()) + parts * part_mix_loss(cells, target)
+            logits, part_cells, id_cells = model(torch.cat([x_vis, x_ir]))
+            loss = F.cross_entropy(logits, y.long())
+            if parts:
+                loss = loss + parts * part_mix_loss(part_cells, target)
+            if local:
+                fg = (target > 0).float()[:, None]
+                share = F.adaptive_avg_pool2d(fg, id_cells.shape[-2:])[:, 0]
+                loss = loss + local * local_identity_loss(id_cells, y.long(), share)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -266,6 +317,7 @@ def synthetic_backbone(
     steps: int = 500,
     shift: int = 0,
     parts: float = 0.0,
+    local: float = 0.0,
     progress: bool = True,
 ) -> Path:
     """Path of the cached synthetic-pretrained backbone; trains and caches it when missing.
@@ -273,7 +325,7 @@ def synthetic_backbone(
     The file is written atomically (temp file, then rename), so an interrupted pretraining
     leaves nothing that a later run would load.
     """
-    path = pretrained_path(cache_dir, arch, size, layer3_stride, ids, steps, shift, parts)
+    path = pretrained_path(cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local)
     if path.is_file():
         return path
     logger.info(
@@ -293,6 +345,7 @@ def synthetic_backbone(
         steps=steps,
         shift=shift,
         parts=parts,
+        local=local,
         progress=progress,
     )
     with atomic_write(path, "wb") as fh:
