@@ -319,7 +319,8 @@ def test_diagnose_command_reports_mechanisms(tmp_path, tiny_run, capsys):
     result = json.loads(out.read_text())
     assert result["grid"] == [16, 8]  # Z of a 64 x 32 input
     assert set(result["foreground_iou"]) == {"pap", "pap_srm", "cam_labels", "stripes"}
-    assert set(result["part_miou"]) == {"pap", "pap_srm", "stripes"}
+    assert set(result["part_miou"]) == {"pap", "pap_srm", "stripes", "truth_srm"}
+    assert "SRM applied to the true band masks" in printed
     values = [*result["foreground_iou"].values(), *result["part_miou"].values()]
     values += [result["correspondence"]["accuracy"], result["correspondence"]["chance"]]
     assert all(0.0 <= v <= 1.0 for v in values)

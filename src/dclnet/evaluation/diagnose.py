@@ -172,6 +172,9 @@ def diagnose_model(
     masks["stripes"] = stripe_masks(len(t_all), grid, parts)
     fg = {k: foreground_iou(v, t_all) for k, v in masks.items()}
     miou = {k: part_miou(masks[k], t_all, parts) for k in ("pap", "pap_srm", "stripes")}
+    # SRM given the true bands: what it does to a perfect mask with these Z features
+    z_all = torch.cat([res[VISIBLE]["z"], res[INFRARED]["z"]])
+    miou["truth_srm"] = part_miou(rectify_masks(z_all, t_all, parts), t_all, parts)
     # correspondence on pairs of the same identity
     pos = {m: {row: j for j, row in enumerate(r)} for m, r in rows.items()}
     pv, pi = _pairs(labels, rows[VISIBLE], rows[INFRARED], pairs_per_id)
@@ -276,6 +279,10 @@ def format_diagnosis(result: dict[str, Any]) -> str:
         f"cross-modal correspondence on Z: accuracy {corr['accuracy']:.3f} "
         f"(chance {corr['chance']:.3f}, {corr['num_pairs']} pairs)",
     ]
+    if miou.get("truth_srm") is not None:
+        lines.append(
+            f"SRM applied to the true band masks: part mIoU 1.000 -> {miou['truth_srm']:.3f}"
+        )
     if result.get("identity_by_column") is not None:
         col = result["identity_by_column"]
         lines.append(
