@@ -59,23 +59,50 @@ def render_demo(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_comparison(demo: dict[str, Any], cnn: dict[str, Any]) -> str:
-    """Demo model vs the small CNN of ``benchmarks/synthetic_gap.py``, one protocol, one set."""
-    d, c = demo["dclnet"]["mean"], cnn["mean"]
-    seed = demo["config"]["data"]["synthetic_seed"]
+def render_comparison(demos: list[dict[str, Any]], cnns: list[dict[str, Any]]) -> str:
+    """Demo model vs the small CNN of ``benchmarks/synthetic_gap.py``, one protocol, one set.
+
+    ``demos``: demo runs on one set (the recipe's first, then variants, labelled by their
+    pretraining length); ``cnns``: CNN runs on the same set, the first with the first demo's
+    wall time, then others.
+    """
+    seed = demos[0]["config"]["data"]["synthetic_seed"]
     lines = [
         "| model (synthetic seed " + str(seed) + ") | train wall time | rank-1 (%) | mAP (%) "
         "| mINP (%) |",
         "|---|---|---|---|---|",
-        f"| small CNN (`benchmarks/synthetic_gap.py --protocol`) | "
-        f"{cnn['train_seconds'] / 60:.1f} min | {c['rank1']:.2f} | {c['mAP']:.2f} | "
-        f"{c['mINP']:.2f} |",
-        f"| DCLNet demo recipe (`dclnet demo`) | {demo['seconds'] / 60:.1f} min (whole command)"
-        f" | {d['rank1']:.2f} | {d['mAP']:.2f} | {d['mINP']:.2f} |",
+    ]
+    for demo in demos:
+        d = demo["dclnet"]["mean"]
+        steps = demo["config"]["model"].get("pretrain_steps", 500)
+        lines.append(
+            f"| DCLNet demo recipe (`dclnet demo`), {steps}-step synthetic pretraining | "
+            f"{demo['seconds'] / 60:.1f} min (whole command) | {d['rank1']:.2f} | "
+            f"{d['mAP']:.2f} | {d['mINP']:.2f} |"
+        )
+    for cnn in cnns:
+        c = cnn["mean"]
+        lines.append(
+            f"| small CNN (`benchmarks/synthetic_gap.py --protocol`) | "
+            f"{cnn['train_seconds'] / 60:.1f} min | {c['rank1']:.2f} | {c['mAP']:.2f} | "
+            f"{c['mINP']:.2f} |"
+        )
+
+    def command(r: dict[str, Any]) -> str:
+        if "model" in r.get("config", {}) and "pretrain_steps" not in r["config"]["model"]:
+            # ran before the recipes set pretrain_steps (then 500, the default)
+            return (
+                f"`{r['command']}` (before the recipe's 1500 steps; today add "
+                "`model.pretrain_steps=500`)"
+            )
+        return f"`{r['command']}`"
+
+    commands = ", ".join(command(r) for r in [*demos, *cnns])
+    lines += [
         "",
-        f"Commands: `{demo['command']}` and `{cnn['command']}`, on {_where(demo)}. Both use "
-        "the SYSU-style all-search, single-shot protocol with 10 seeded gallery trials "
-        "(infrared → visible) on the same synthetic test identities.",
+        f"Commands: {commands}; on {_where(demos[0])}. All use the SYSU-style all-search, "
+        "single-shot protocol with 10 seeded gallery trials (infrared → visible) on the same "
+        "synthetic test identities.",
     ]
     return "\n".join(lines)
 
@@ -153,16 +180,22 @@ def render_shift(study: dict[str, Any], rows: list[tuple[str, dict, dict]]) -> s
 
 
 def _shift_rows(results: Path) -> str:
-    study = _load(results, "study")
+    study = _load(results, "study_500steps")
     seed0 = next(r for r in study["runs"]["full"] if r["seed"] == 0)
     rows = [
-        ("`model.pretrained=synthetic` (the study's run)", {"mean": seed0["test"]},
-         _load(results, "diagnose_full_seed0")),
+        ("`model.pretrained=synthetic`, 500 steps (the earlier study's run)",
+         {"mean": seed0["test"]}, _load(results, "diagnose_full_seed0_500steps")),
         ("… `model.pretrain_shift=18`", _load(results, "test_shift18_seed0"),
          _load(results, "diagnose_shift18_seed0")),
         ("… `model.pretrain_parts=1`", _load(results, "test_parts1_seed0"),
          _load(results, "diagnose_parts1_seed0")),
     ]  # fmt: skip
+    local = results / "test_local1_seed0.json"
+    if local.is_file():
+        rows.append(
+            ("… `model.pretrain_local=1`", _load(results, "test_local1_seed0"),
+             _load(results, "diagnose_local1_seed0"))
+        )  # fmt: skip
     return render_shift(study, rows)
 
 
@@ -309,7 +342,10 @@ def _bench_real(results: Path) -> str:
 
 RENDERERS = {
     "demo": lambda r: render_demo(_load(r, "demo")),
-    "comparison": lambda r: render_comparison(_load(r, "demo_seed7"), _load(r, "cnn_seed7")),
+    "comparison": lambda r: render_comparison(
+        [_load(r, "demo_seed7"), _load(r, "demo_seed7_500steps")],
+        [_load(r, "cnn_seed7_241s"), _load(r, "cnn_seed7")],
+    ),
     "study": lambda r: render_study(_load(r, "study")),
     "diagnose-full": lambda r: render_diagnosis(_load(r, "diagnose_full_seed0")),
     "shift": _shift_rows,

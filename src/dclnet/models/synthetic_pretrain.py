@@ -20,8 +20,10 @@ final map, predict the mix of body parts (skin, hair, top, bottom, shoes, bag, b
 under that cell, with the pretraining population's own part maps as targets. ImageNet
 features are local — a cell responds to what lies under it — and this is what the CAMs of
 DCLNet's part branch rely on; identity classification alone on centred people does not
-produce it (measured in the README's study section). The re-identification training and every
-evaluation still see no part label: only the separate pretraining population's maps are used.
+produce it (measured in the README's study section). ``local`` (``model.pretrain_local``) adds
+a per-cell identity task instead (:func:`local_identity_loss`): identity evidence only on the
+cells that show the person. The re-identification training and every evaluation still see no
+part label: only the separate pretraining population's maps are used.
 """
 
 from __future__ import annotations
