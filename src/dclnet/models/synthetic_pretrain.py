@@ -75,7 +75,8 @@ def pretrained_path(
 class _Classifier(nn.Module):
     """ResNet → GeM → BatchNorm → linear identity classifier (shared by both modalities).
 
-    With ``num_parts`` > 0 also a 1 × 1 convolution on the final map: per-cell part logits.
+    With ``num_parts`` > 0 also a 1 × 1 convolution on the final map: per-cell part logits;
+    with ``local`` a BatchNorm + 1 × 1 convolution: per-cell identity logits.
     """
 
     def __init__(
