@@ -127,13 +127,11 @@ def local_identity_loss(
     """
     logp = F.log_softmax(logits, dim=1)  # N x K x h x w
     own = logp.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *logp.shape[-2:]))[:, 0]
-    person, empty = share >= 0.5, share == 0
-    loss = logits.new_zeros(())
-    if person.any():
-        loss = loss - own[person].mean()
-    if empty.any():
-        loss = loss - logp.mean(dim=1)[empty].mean()
-    return loss
+    person, empty = (share >= 0.5).float(), (share == 0).float()
+    # masked means without a host sync: an empty mask gives 0 / 1 = 0
+    named = -(own * person).sum() / person.sum().clamp_min(1)
+    nobody = -(logp.mean(dim=1) * empty).sum() / empty.sum().clamp_min(1)
+    return named + nobody
 
 
 def part_mix_loss(logits: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
