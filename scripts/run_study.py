@@ -1,14 +1,18 @@
 """The DCLNet study on the synthetic set: four presets x seeds, identity and mechanism metrics.
 
-    python scripts/run_study.py --output runs/study --seeds 0 1 2 --readme README.md
+    python scripts/run_study.py --output runs/study --seeds 0 1 2 \
+        --run-results docs/results/study --results docs/results/study.json
 
 Presets (docs/method.md §7): ``baseline`` (identity + metric loss), ``dcl_stripes`` (+ dense
 loss with fixed stripes as masks), ``dcl_pap`` (+ part branch, PAP, dense loss with PAP
 masks), ``full`` (+ SRM). Every run uses one recipe (``--config``, default ``study``) and the
 same synthetic data; only ``loss.preset`` and ``train.seed`` change. Each run writes
 ``OUTPUT/<preset>-seed<k>/study.json`` (test metrics, ``dclnet diagnose`` metrics, wall
-time) as soon as it finishes; a re-run reads finished runs back and resumes a killed one
-from its ``last.pt``, so an interrupted study loses at most one epoch.
+time, machine, the backbone file's SHA-256) as soon as it finishes, and a copy to
+``--run-results DIR/<preset>-seed<k>.json`` (a folder kept in git, so that a study spanning
+two sessions or machines keeps its finished runs); a re-run reads finished runs back from
+either place and resumes a killed one from its ``last.pt``, so an interrupted study loses at
+most one epoch. ``--only-runs`` trains the missing runs and stops without a table.
 
 The table (mean ± population std over seeds) is printed, written with the command, machine,
 torch version, thread count and wall times to ``--results`` (default ``OUTPUT/study.json``;
@@ -19,6 +23,7 @@ that file's ``<!-- results:study -->`` section (:mod:`dclnet.reporting`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -28,7 +33,7 @@ import numpy as np
 
 from dclnet.cli import resolve_config_path
 from dclnet.engine.runs import load_model, machine_info, resolve_run_config
-from dclnet.engine.train import fit
+from dclnet.engine.train import fit, pretrained_weights
 from dclnet.evaluation.diagnose import diagnose_model
 from dclnet.evaluation.protocols import write_json
 from dclnet.reporting import render_study, replace_section
@@ -46,14 +51,31 @@ COLUMNS = (
 )
 
 
-def run_one(config: Path, overrides: list[str], preset: str, seed: int, out: Path) -> dict:
-    """Train, test and diagnose one run, or read back its ``study.json``."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_one(
+    config: Path,
+    overrides: list[str],
+    preset: str,
+    seed: int,
+    out: Path,
+    kept: Path | None = None,
+) -> dict:
+    """Train, test and diagnose one run, or read back its ``study.json`` (or ``kept``)."""
     done = out / "study.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    for path in (kept, done):
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
     cfg = resolve_run_config(
         config, [*overrides, f"loss.preset={preset}", f"train.seed={seed}"], dataset="synthetic"
     )
+    backbone = pretrained_weights(cfg)  # made (once) before the clock starts, like a download
     start = time.perf_counter()
     # A killed run resumes from last.pt; one killed before its first checkpoint starts over.
     resume = (out / "last.pt").is_file()
@@ -74,8 +96,16 @@ def run_one(config: Path, overrides: list[str], preset: str, seed: int, out: Pat
         "test": test["mean"],
         "diagnose": diag,
         "train_and_test_seconds": seconds,
+        "diagnose_seconds": time.perf_counter() - start - seconds,
+        **machine_info(),
+        "backbone": {
+            "file": Path(backbone).name if backbone else None,
+            "sha256": _sha256(Path(backbone)) if backbone else None,
+        },
     }
     write_json(result, done)
+    if kept is not None:
+        write_json(result, kept)
     return result
 
 
@@ -115,6 +145,10 @@ def main() -> int:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--results", type=Path, help="results JSON (default OUTPUT/...)")
     parser.add_argument("--readme", type=Path, help="README to update between the markers")
+    parser.add_argument(
+        "--run-results", type=Path, help="folder of one results file per finished run (kept)"
+    )
+    parser.add_argument("--only-runs", action="store_true", help="train the missing runs; no table")
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
     args = parser.parse_args()
     if len(args.seeds) < 3:
@@ -123,9 +157,9 @@ def main() -> int:
     results: dict[str, list[dict]] = {p: [] for p in args.presets}
     for seed in args.seeds:
         for preset in args.presets:
-            res = run_one(
-                config, args.overrides, preset, seed, args.output / f"{preset}-seed{seed}"
-            )
+            name = f"{preset}-seed{seed}"
+            kept = args.run_results / f"{name}.json" if args.run_results else None
+            res = run_one(config, args.overrides, preset, seed, args.output / name, kept)
             results[preset].append(res)
             d = res["diagnose"]
             print(
@@ -136,6 +170,8 @@ def main() -> int:
                 f"({res['train_and_test_seconds'] / 60:.1f} min)",
                 flush=True,
             )
+    if args.only_runs:
+        return 0
     record = {
         "command": "python scripts/run_study.py " + " ".join(sys.argv[1:]),
         **machine_info(),

@@ -75,7 +75,7 @@ def test_parse_override_yaml_values():
 
 def test_every_bundled_recipe_is_tested():
     assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == sorted(
-        [*PAPER_RECIPES, "demo", "study", "tiny"]
+        [*PAPER_RECIPES, "demo", "study", "study96", "tiny"]
     )
 
 
@@ -101,17 +101,25 @@ def test_paper_recipes_follow_method_md(name, validation):
     assert cfg.eval.trials == 10
 
 
-@pytest.mark.parametrize("name", ["demo", "study"])
-def test_cpu_recipes_match_their_headers(name):
-    # "ResNet-18 at 96 x 48 ... model.pretrained=synthetic" (the YAML files' own comments)
+@pytest.mark.parametrize(
+    ("name", "size"), [("demo", (96, 48)), ("study", (192, 96)), ("study96", (96, 48))]
+)
+def test_cpu_recipes_match_their_headers(name, size):
+    # "ResNet-18 at 96 x 48 / 192 x 96 ... model.pretrained=synthetic" (the files' comments)
     cfg = load_config(CONFIG_DIR / f"{name}.yaml")
     assert cfg.data.dataset == "synthetic"
     assert (cfg.model.arch, cfg.model.pretrained) == ("resnet18", "synthetic")
-    assert (cfg.data.height, cfg.data.width) == (96, 48)
+    assert (cfg.data.height, cfg.data.width) == size
     assert cfg.train.amp == "off"  # CPU: no autocast
     assert max(cfg.optim.milestones) < cfg.optim.epochs  # every decay step happens
+    if name.startswith("study"):
+        assert cfg.loss.preset is None  # presets come per run
+        # the study's backbone is pinned: the demo's pretraining may change, the study's not
+        m = cfg.model
+        assert (m.pretrain_size, m.pretrain_steps, m.pretrain_ids) == ((96, 48), 1500, 512)
+        assert (m.pretrain_shift, m.pretrain_parts, m.pretrain_local) == (0, 0.0, 0.0)
     if name == "study":
-        assert cfg.optim.epochs == 12 and cfg.loss.preset is None  # presets come per run
+        assert cfg.data.synthetic_seed == 5  # a population nothing was tuned on
 
 
 def test_tiny_recipe_is_a_smoke_test():

@@ -281,3 +281,52 @@ def test_invalid_choices_and_batch():
         dclnet_objective(out, labels, erased)
     with pytest.raises(ValueError, match="even"):
         dclnet_objective(out, labels[:5], erased)
+
+
+def _hand_erase_mask() -> torch.Tensor:
+    """8 x 8 pixels over a 2 x 2 grid of 4 x 4 cells, each cell a case of its own."""
+    erased = torch.zeros(1, 8, 8, dtype=torch.bool)
+    erased[0, 0, 0] = True  # cell (0, 0): only its top-left pixel (1 of 16)
+    erased[0, 1:4, 4:8] = True  # cell (0, 1): 12 of 16, its top-left row spared
+    erased[0, 4:8, 4:8] = True  # cell (1, 1): all 16; cell (1, 0): none
+    return erased
+
+
+def test_erase_rules_on_a_hand_made_mask():
+    erased = _hand_erase_mask()
+    majority = downsample_erased(erased, (2, 2), "majority")
+    top_left = downsample_erased(erased, (2, 2), "top_left")
+    assert majority.tolist() == [[[False, True], [False, True]]]
+    assert top_left.tolist() == [[[True, False], [False, True]]]
+    assert torch.equal(downsample_erased(erased, (2, 2)), majority)  # the default
+    with pytest.raises(ValueError, match="majority, top_left"):
+        downsample_erased(erased, (2, 2), "any")
+
+
+def test_erase_rule_reaches_the_objective(monkeypatch):
+    seen = []
+    real = objective.downsample_erased
+
+    def spy(erased, size, rule="majority"):
+        seen.append(rule)
+        return real(erased, size, rule)
+
+    monkeypatch.setattr(objective, "downsample_erased", spy)
+    out, labels, erased, pw = _outputs(2)
+    dclnet_objective(out, labels, erased, part_weight=pw, erase_rule="top_left")
+    dclnet_objective(out, labels, erased, part_weight=pw)
+    assert seen == ["top_left", "majority"]
+    with pytest.raises(ConfigError, match="erase_rule"):
+        dclnet_objective(out, labels, erased, part_weight=pw, erase_rule="nearest")
+
+
+def test_erase_rule_and_num_parts_reach_the_training_objective():
+    from dclnet.config import load_config
+    from dclnet.engine.train import loss_kwargs
+
+    kwargs = loss_kwargs(load_config(None, ["loss.erase_rule=top_left", "model.num_parts=4"]))
+    assert kwargs["erase_rule"] == "top_left" and kwargs["num_parts"] == 4
+    kwargs = loss_kwargs(load_config(None, ["loss.preset=dcl_stripes", "model.num_parts=8"]))
+    assert kwargs["num_parts"] == 8 and kwargs["dcl_masks"] == "stripes"
+    with pytest.raises(ConfigError, match="loss.erase_rule"):
+        load_config(None, ["loss.erase_rule=nearest"])

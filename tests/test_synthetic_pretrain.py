@@ -75,8 +75,8 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake(arch, size, cache, *, layer3_stride, steps, shift, parts, local):
-        calls.append((arch, size, cache, layer3_stride, steps, shift, parts, local))
+    def fake(arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local):
+        calls.append((arch, size, cache, layer3_stride, ids, steps, shift, parts, local))
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
@@ -85,9 +85,9 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
                              "model.layer3_stride=1", "model.pretrain_shift=5",
                              "model.pretrain_parts=0.5", "model.pretrain_steps=7",
                              "model.pretrain_local=2"])  # fmt: skip
-    assert train._pretrained(cfg) == tmp_path / "weights.pt"
-    assert calls == [("resnet18", (64, 32), tmp_path, 1, 7, 5, 0.5, 2.0)]
-    assert train._pretrained(load_config(None, ["model.pretrained=null"])) is None
+    assert train.pretrained_weights(cfg) == tmp_path / "weights.pt"
+    assert calls == [("resnet18", (64, 32), tmp_path, 1, 512, 7, 5, 0.5, 2.0)]
+    assert train.pretrained_weights(load_config(None, ["model.pretrained=null"])) is None
 
 
 def test_shift_people_moves_each_image_onto_its_background():
@@ -186,3 +186,76 @@ def test_local_identity_loss_names_the_person_only_on_person_cells():
         "resnet18", (32, 16), ids=6, steps=2, local=1.0, progress=False
     )
     assert "fc.weight" not in b and torch.isfinite(b["layer4.1.conv2.weight"]).all()
+
+
+def test_pretrain_size_and_ids_are_the_cache_key(tmp_path):
+    base = pretrained_path(tmp_path, "resnet18", (96, 48), 2, 512, 1500)
+    assert pretrained_path(tmp_path, "resnet18", (192, 96), 2, 512, 1500) != base
+    assert pretrained_path(tmp_path, "resnet18", (96, 48), 2, 256, 1500) != base
+    assert "96x48" in base.name and "512ids" in base.name
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeypatch):
+    from dclnet.config import load_config
+    from dclnet.engine import train
+
+    # the file a 32 x 16 recipe caches (the demo's role) ...
+    small = synthetic_backbone("resnet18", (32, 16), tmp_path, ids=8, steps=2, progress=False)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("pretrained again at the larger size")
+
+    monkeypatch.setattr(synthetic_pretrain, "pretrain_backbone", boom)
+    # ... serves a 64 x 32 recipe unchanged: no pretraining at 64 x 32
+    cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
+                             f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
+                             "model.pretrain_size=[32, 16]", "model.pretrain_ids=8",
+                             "model.pretrain_steps=2"])  # fmt: skip
+    train.check_weights(cfg)
+    assert train.pretrain_size(cfg) == (32, 16)
+    assert train.pretrained_weights(cfg) == small
+    net = train._build_model(cfg, 4).eval()
+    state = torch.load(small, weights_only=True)
+    torch.testing.assert_close(net.shared.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    with torch.no_grad():  # used at twice its pretraining size: a 4 x 2 final map
+        assert net.shared(net.infrared(torch.zeros(2, 3, 64, 32))).shape[-2:] == (4, 2)
+    # without pretrain_size the data size is the key: that file does not exist yet
+    plain = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
+                               f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
+                               "model.pretrain_ids=8", "model.pretrain_steps=2"])  # fmt: skip
+    assert train.pretrain_size(plain) == (64, 32)
+    with pytest.raises(AssertionError, match="pretrained again"):
+        train.pretrained_weights(plain)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.pretrain_size=[40, 16]"], r"model.pretrain_size=\[40, 16\] .*multiple of 16"),
+        (["model.pretrain_size=[16, 16]"], r"at least 32 x 16; e.g. model.pretrain_size=\[32,16\]"),
+        (["model.pretrain_size=[36, 20]", "model.layer3_stride=1"], r"multiple of 8"),
+        (
+            ["model.pretrained=imagenet", "model.pretrain_size=[96, 48]"],
+            r"applies only to model.pretrained=synthetic",
+        ),
+    ],
+)
+def test_pretrain_size_the_backbone_cannot_serve_is_refused(overrides, message):
+    from dclnet.config import load_config
+    from dclnet.engine import train
+    from dclnet.errors import ConfigError
+
+    cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        train.check_weights(cfg)
+
+
+def test_pretrain_size_out_of_range_is_a_config_error():
+    from dclnet.config import load_config
+    from dclnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.pretrain_size"):
+        load_config(None, ["model.pretrain_size=[8, 16]"])
+    with pytest.raises(ConfigError, match="model.pretrain_size.*expects 2 values"):
+        load_config(None, ["model.pretrain_size=[96]"])

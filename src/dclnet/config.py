@@ -32,6 +32,7 @@ DCL_MASKS = ("pap", "stripes")
 CAM_CLASSES = ("label", "predicted")
 CENTER_PUSH = ("identities", "released")
 PIXEL_INITS = ("default", "normal")
+ERASE_RULES = ("majority", "top_left")  # top_left = released code (nearest-neighbour mask)
 OPTIMIZERS = ("adam", "sgd")
 PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
 VALIDATION = ("none", "sysu", "fraction")
@@ -85,6 +86,8 @@ class ModelConfig:
     pretrain_parts: float = 0.0  # pretrained=synthetic: weight of the per-cell part-mix task
     pretrain_local: float = 0.0  # pretrained=synthetic: weight of the per-cell identity task
     pretrain_steps: int = 500  # pretrained=synthetic: pretraining steps (64 images each)
+    pretrain_size: tuple[int, int] | None = None  # pretrained=synthetic: [H, W]; null = data size
+    pretrain_ids: int = 512  # pretrained=synthetic: people in the pretraining population
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class LossConfig:
     cam_fold_bn: bool = False  # CAMs use the part BNNeck's gamma/sigma too (released: no)
     tau: float = 0.05
     continuity_weight: float = 0.5
+    erase_rule: str = "majority"  # one of ERASE_RULES: when a low-map cell counts as erased
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ _CHOICES = {
     "loss.dcl_masks": DCL_MASKS,
     "loss.cam_class": CAM_CLASSES,
     "loss.center_push": CENTER_PUSH,
+    "loss.erase_rule": ERASE_RULES,
     "model.pixel_init": PIXEL_INITS,
     "optim.optimizer": OPTIMIZERS,
     "train.validation": VALIDATION,
@@ -210,6 +215,8 @@ _RANGES: dict[str, tuple] = {
     "model.pretrain_parts": (0, None),
     "model.pretrain_steps": (1, None),
     "model.pretrain_local": (0, None),
+    "model.pretrain_size": (16, None),
+    "model.pretrain_ids": (3, None),
     "loss.id": (0, None),
     "loss.metric": (0, None),
     "loss.part_id": (0, None),

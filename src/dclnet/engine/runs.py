@@ -282,13 +282,34 @@ def checkpoint_test_config(
     return dataclasses.replace(saved, data=data, eval=protocol)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine_info() -> dict[str, Any]:
-    """Where a result was measured: machine, cores, torch version and thread count."""
+    """Where a result was measured: machine, CPU model, the instruction-set level torch's CPU
+    kernels use, cores, torch version and thread count.
+
+    Float results are bit-identical only on one machine: another CPU (another ISA level, so
+    other kernels and summation orders) moves them, so every results file says which it was.
+    """
     import os
     import platform
 
     return {
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

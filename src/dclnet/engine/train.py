@@ -88,14 +88,21 @@ def loss_kwargs(cfg: Config) -> dict[str, Any]:
         "cam_class": c.cam_class,
         "tau": c.tau,
         "continuity_weight": c.continuity_weight,
+        "erase_rule": c.erase_rule,
+        "num_parts": cfg.model.num_parts,
     }
     if c.preset is not None:
         kwargs.update(ABLATIONS[c.preset])
     return kwargs
 
 
-def _pretrained(cfg: Config) -> str | Path | None:
-    """``model.pretrained``, with ``synthetic`` resolved to its cached weights file."""
+def pretrained_weights(cfg: Config) -> str | Path | None:
+    """``model.pretrained``, with ``synthetic`` resolved to its cached weights file.
+
+    The synthetic backbone is pretrained at ``model.pretrain_size`` (default: the data size)
+    and then used at the data size: a file pretrained at 96 x 48 serves a 192 x 96 recipe
+    as it is, never re-pretrained at the larger size.
+    """
     m = cfg.model
     if m.pretrained != "synthetic":
         return m.pretrained
@@ -103,12 +110,12 @@ def _pretrained(cfg: Config) -> str | Path | None:
     from dclnet.models.synthetic_pretrain import synthetic_backbone
 
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
-    size = (cfg.data.height, cfg.data.width)
     return synthetic_backbone(
         m.arch,
-        size,
+        pretrain_size(cfg),
         cache,
         layer3_stride=m.layer3_stride,
+        ids=m.pretrain_ids,
         steps=m.pretrain_steps,
         shift=m.pretrain_shift,
         parts=m.pretrain_parts,
@@ -116,13 +123,33 @@ def _pretrained(cfg: Config) -> str | Path | None:
     )
 
 
+def pretrain_size(cfg: Config) -> tuple[int, int]:
+    """H x W the synthetic backbone is pretrained at: ``model.pretrain_size`` or the data size."""
+    if cfg.model.pretrain_size is not None:
+        return tuple(cfg.model.pretrain_size)
+    return (cfg.data.height, cfg.data.width)
+
+
 def check_weights(cfg: Config) -> None:
     """Raise now if ``model.pretrained`` cannot be loaded: before any data is rendered or cached.
 
-    ``synthetic`` weights are made (and cached) by the run itself, so there is nothing to check.
+    ``synthetic`` weights are made (and cached) by the run itself, so only their recipe is
+    checked: a ``model.pretrain_size`` the backbone cannot be pretrained at, or one given
+    without ``model.pretrained=synthetic``.
     """
-    if cfg.model.pretrained != "synthetic":
-        check_pretrained(cfg.model.pretrained, cfg.model.arch)
+    m = cfg.model
+    if m.pretrained == "synthetic":
+        if m.pretrain_size is not None:
+            from dclnet.models.synthetic_pretrain import check_pretrain_size
+
+            check_pretrain_size(tuple(m.pretrain_size), m.layer3_stride)
+        return
+    if m.pretrain_size is not None:
+        raise ConfigError(
+            f"model.pretrain_size={list(m.pretrain_size)} applies only to "
+            f"model.pretrained=synthetic (this run loads {m.pretrained!r}); remove it"
+        )
+    check_pretrained(m.pretrained, m.arch)
 
 
 def _build_model(cfg: Config, num_classes: int) -> DCLNet:
@@ -130,7 +157,7 @@ def _build_model(cfg: Config, num_classes: int) -> DCLNet:
     return DCLNet(
         num_classes,
         arch=m.arch,
-        pretrained=_pretrained(cfg),
+        pretrained=pretrained_weights(cfg),
         split=m.split,
         num_parts=m.num_parts,
         gem_p=m.gem_p,

@@ -17,6 +17,7 @@ from dclnet.losses.dense_contrastive import dense_contrastive_loss
 from dclnet.losses.identity import identity_loss
 from dclnet.losses.metric import CENTER_PUSH, center_cluster_loss, triplet_loss
 from dclnet.losses.parsing import (
+    ERASE_RULES,
     downsample_erased,
     pap_loss,
     parsing_labels,
@@ -91,6 +92,7 @@ def dclnet_objective(
     tau: float = 0.05,
     continuity_weight: float = 0.5,
     num_parts: int = 6,
+    erase_rule: str = "majority",
     chunk_size: int = 512,
 ) -> dict[str, Tensor]:
     """Weighted DCLNet loss terms for a ``[visible; infrared]`` batch of ``B = 2N`` images.
@@ -114,6 +116,8 @@ def dclnet_objective(
         tau: dense-loss temperature.
         continuity_weight: weight of the PAP continuity term.
         num_parts: number of body parts / stripes.
+        erase_rule: when a low-map cell counts as erased: ``"majority"`` of its pixels, or
+            ``"top_left"`` (its top-left pixel, the released code's nearest-neighbour rule).
         chunk_size: visible anchors per chunk of the dense loss.
 
     Returns:
@@ -124,11 +128,12 @@ def dclnet_objective(
     _check_choice("center_push", center_push, CENTER_PUSH)
     _check_choice("dcl_masks", dcl_masks, DCL_MASKS)
     _check_choice("cam_class", cam_class, CAM_CLASSES)
+    _check_choice("erase_rule", erase_rule, ERASE_RULES)
     b = labels.shape[0]
     if b % 2:
         raise ValueError(f"batch must be [visible; infrared] with an even size, got {b}")
     grid = tuple(out.low_map.shape[-2:])
-    erased_z = None if erased is None else downsample_erased(erased, grid)
+    erased_z = None if erased is None else downsample_erased(erased, grid, erase_rule)
     terms: dict[str, Tensor] = {}
     if weights.id:
         terms["id"] = weights.id * identity_loss(out.logits, labels, label_smoothing)

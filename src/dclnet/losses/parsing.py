@@ -138,11 +138,25 @@ def parsing_labels(
     return labels
 
 
-def downsample_erased(erased: Tensor, size: tuple[int, int]) -> Tensor:
+ERASE_RULES = ("majority", "top_left")
+
+
+def downsample_erased(erased: Tensor, size: tuple[int, int], rule: str = "majority") -> Tensor:
     """Image-resolution erase mask ``B x H x W`` -> ``B x h x w`` bool.
 
-    A cell counts as erased when more than half of its pixels are (adaptive average pooling).
+    Args:
+        erased: ``B x H x W`` bool, True = erased pixel.
+        size: ``(h, w)`` of the output grid.
+        rule: ``"majority"``: a cell counts as erased when more than half of its pixels are
+            (adaptive average pooling). ``"top_left"``: nearest-neighbour downsampling, as
+            the released code does — for an integer ratio, a cell takes the value of its
+            top-left pixel.
     """
+    if rule == "top_left":
+        nearest = F.interpolate(erased.unsqueeze(1).float(), size=size, mode="nearest")
+        return nearest.squeeze(1) > 0.5
+    if rule != "majority":
+        raise ValueError(f"rule must be one of {', '.join(ERASE_RULES)}, got {rule!r}")
     pooled = F.adaptive_avg_pool2d(erased.unsqueeze(1).float(), size)  # B x 1 x h x w
     return pooled.squeeze(1) > 0.5
 

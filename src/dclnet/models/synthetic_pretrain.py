@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from dclnet.data.augment import AugmentConfig, augment_batch
 from dclnet.data.records import INFRARED, VISIBLE
 from dclnet.data.sources.synthetic_render import PART_NAMES
+from dclnet.errors import ConfigError
 from dclnet.fileio import atomic_write
 from dclnet.models.pooling import GeM
 from dclnet.models.resnet import build_resnet
@@ -70,6 +71,32 @@ def pretrained_path(
     parsed += f"-local{local:g}" if local else ""
     name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}{parsed}"
     return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
+
+
+def output_stride(layer3_stride: int) -> int:
+    """Pixels per final-map cell of the pretrained ResNet (last stride 1): 16, or 8 with
+    ``layer3_stride`` 1."""
+    return 8 * layer3_stride
+
+
+def check_pretrain_size(size: tuple[int, int], layer3_stride: int) -> None:
+    """Raise a :class:`ConfigError` (naming ``model.pretrain_size``) for a size the backbone
+    cannot be pretrained at.
+
+    Each side must be a multiple of the backbone's output stride, so that every final-map
+    cell covers whole pixels (the per-cell pretraining tasks pool their targets over the
+    cells), and give a final map of at least 2 × 1 cells.
+    """
+    stride = output_stride(layer3_stride)
+    h, w = size
+    if h % stride or w % stride or h < 2 * stride or w < stride:
+        near = (max(2, round(h / stride)) * stride, max(1, round(w / stride)) * stride)
+        raise ConfigError(
+            f"model.pretrain_size={[h, w]} cannot be served by a ResNet with output stride "
+            f"{stride} (model.layer3_stride={layer3_stride}): each side must be a multiple of "
+            f"{stride}, at least {2 * stride} x {stride}; e.g. model.pretrain_size=[{near[0]},"
+            f"{near[1]}]"
+        )
 
 
 class _Classifier(nn.Module):
