@@ -2,10 +2,12 @@
 float32 eager step on the same batch, frozen unused heads, the batch prefetcher."""
 
 import shutil
+import traceback
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dclnet.data.augment import AugmentConfig
 from dclnet.data.datasets import load_train_data
@@ -177,6 +179,77 @@ def test_prefetcher_surfaces_worker_errors():
     bad = [(np.array([0, 1]), np.array([0, 10**9]))]
     with pytest.raises(IndexError):
         list(BatchPrefetcher(data, bad, pin=False, workers=2))
+
+
+class HostDataConstructions(TorchDispatchMode):
+    """Records every tensor built from host data (``torch.tensor``, ``as_tensor``,
+    ``from_numpy``: each dispatches ``aten.lift_fresh``) with the Python lines that built it.
+
+    Exempt: a 0-dim lift whose only use is the value of ``aten.fill_.Tensor`` -- a scalar
+    assignment ``x[i] = 1.0`` on a CPU tensor; on other devices torch builds that scalar on
+    the device itself (no host data, no copy).
+    """
+
+    LIFTS = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lifted: list[tuple[torch.Tensor, str, list]] = []  # (tensor, where, uses)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        for pos, arg in enumerate((*args, *kwargs.values())):
+            for tensor, _, uses in self._lifted:
+                if arg is tensor:
+                    uses.append((func, pos))
+        if func in self.LIFTS:
+            where = "".join(traceback.format_stack(limit=8)[:-2])
+            self._lifted.append((out, where, []))
+        return out
+
+    def violations(self) -> list[str]:
+        fill = torch.ops.aten.fill_.Tensor
+        return [
+            where
+            for tensor, where, uses in self._lifted
+            if not (tensor.dim() == 0 and uses and all(u == (fill, 1) for u in uses))
+        ]
+
+
+@pytest.mark.parametrize("preset", sorted(ABLATIONS))
+def test_step_builds_no_tensor_from_host_data(preset):
+    """On a GPU a tensor made from Python or NumPy data inside the step is a host-to-device
+    copy every step (``torch.tensor(..., device=cuda)`` blocks the CPU until the GPU is done);
+    the step must build its constants on the device instead. Checked here on the CPU."""
+    ctx = _context(preset=preset)
+    vis, ir, labels = _batch()
+    train_step(ctx, vis, ir, labels, torch.Generator().manual_seed(0))  # lazy initialisation
+    with HostDataConstructions() as mode:
+        losses = train_step(ctx, vis, ir, labels, torch.Generator().manual_seed(1))
+    assert torch.isfinite(losses["total"])
+    found = mode.violations()
+    assert not found, f"{len(found)} tensor(s) built from host data:\n" + "\n".join(found)
+
+
+def test_host_data_detector_sees_every_construction():
+    """The detector above flags torch.tensor / as_tensor / from_numpy and a 0-dim tensor used
+    in arithmetic, and lets the CPU scalar assignment through."""
+    cases = [
+        lambda x: x * torch.tensor([1.0, 2.0]),
+        lambda x: x + torch.as_tensor(0.5),
+        lambda x: x - torch.from_numpy(np.ones(2, dtype=np.float32)),
+        lambda x: x.div(torch.tensor(3.0).to(x.device, non_blocking=True)),
+    ]
+    for case in cases:
+        with HostDataConstructions() as mode:
+            case(torch.ones(2))
+        assert len(mode.violations()) == 1
+    x = torch.zeros(2, 3)
+    with HostDataConstructions() as mode:
+        x[..., 0] = 1.0
+        x.mul_(0.5).add_(torch.full((1,), 2.0))
+    assert not mode.violations()
 
 
 @pytest.mark.gpu

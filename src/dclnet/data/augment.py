@@ -117,11 +117,22 @@ def normalize(
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> Tensor:
     """Per-channel ``(x - mean) / std`` of ``N x 3 x H x W`` images in [0, 1]."""
-    # built on the CPU and copied without blocking (torch.tensor(..., device=cuda) syncs)
-    mean_t = torch.tensor(mean, dtype=images.dtype).to(images.device, non_blocking=True)
-    std_t = torch.tensor(std, dtype=images.dtype).to(images.device, non_blocking=True)
-    mean_t, std_t = mean_t.view(1, -1, 1, 1), std_t.view(1, -1, 1, 1)
+    mean_t = _channel_constants(mean, images)  # 1 x C x 1 x 1
+    std_t = _channel_constants(std, images)
     return (images - mean_t) / std_t
+
+
+def _channel_constants(values: tuple[float, ...], like: Tensor) -> Tensor:
+    """``1 x C x 1 x 1`` constants with ``like``'s dtype, filled on ``like``'s device.
+
+    One ``torch.full`` per value: nothing is copied from host memory (``torch.tensor(values,
+    device=cuda)`` would be a blocking copy every step), and the values are rounded to the
+    dtype exactly as ``torch.tensor(values, dtype=...)`` rounds them, so every result is
+    bit-identical to a division by a tensor (a Python-scalar division would multiply by a
+    rounded reciprocal on the CPU).
+    """
+    parts = [torch.full((1,), v, dtype=like.dtype, device=like.device) for v in values]
+    return torch.cat(parts).view(1, -1, 1, 1)
 
 
 def test_transform(images: Tensor) -> Tensor:
@@ -141,8 +152,8 @@ def _single_channel(images: Tensor, apply: Tensor, channel: Tensor) -> Tensor:
     ``images``: N x 3 x H x W; ``apply``, ``channel``: N.
     """
     n, _, h, w = images.shape
-    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device)
-    luma = (images * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)  # N x 1 x H x W
+    weights = _channel_constants(LUMA_WEIGHTS, images)  # 1 x 3 x 1 x 1, no host copy
+    luma = (images * weights).sum(1, keepdim=True)  # N x 1 x H x W
     choices = torch.cat([images, luma], dim=1)  # N x 4 x H x W
     picked = choices.gather(1, channel.view(n, 1, 1, 1).expand(n, 1, h, w))  # N x 1 x H x W
     return torch.where(apply.view(n, 1, 1, 1), picked.expand(n, 3, h, w), images)
