@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dclnet.models import synthetic_pretrain
+from dclnet.engine import synthetic_pretrain
+from dclnet.engine.synthetic_pretrain import PRETRAIN_SEED, pretrained_path, synthetic_backbone
 from dclnet.models.dclnet import DCLNet
-from dclnet.models.synthetic_pretrain import PRETRAIN_SEED, pretrained_path, synthetic_backbone
 
 
 def test_pretrain_caches_loadable_torchvision_named_weights(tmp_path, monkeypatch):
@@ -91,7 +91,7 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
 
 def test_shift_people_moves_each_image_onto_its_background():
-    from dclnet.models.synthetic_pretrain import shift_people
+    from dclnet.engine.synthetic_pretrain import shift_people
 
     images = np.arange(1, 13, dtype=np.uint8).reshape(1, 2, 3, 2)[..., :1].repeat(3, -1)
     images = np.concatenate([images, images, images])  # 3 x 2 x 3 x 3, values 1..11 odd
@@ -120,7 +120,7 @@ def test_shift_zero_keeps_the_first_recipes_cache_file(tmp_path):
 
 
 def test_part_mix_loss_equals_a_per_cell_loop():
-    from dclnet.models.synthetic_pretrain import part_mix_loss
+    from dclnet.engine.synthetic_pretrain import part_mix_loss
 
     gen = torch.Generator().manual_seed(0)
     parts = torch.randint(0, 3, (2, 4, 6), generator=gen)  # 2 images, 2 x 3 cells of 2 x 2 px
@@ -141,7 +141,7 @@ def test_part_mix_loss_equals_a_per_cell_loop():
 
 
 def test_part_maps_move_and_flip_with_their_images():
-    from dclnet.models.synthetic_pretrain import _flipped, _shifted
+    from dclnet.engine.synthetic_pretrain import _flipped, _shifted
 
     rng = np.random.default_rng(0)
     parts = rng.integers(0, 7, (5, 8, 6)).astype(np.uint8)
@@ -172,7 +172,7 @@ def test_part_pretraining_trains_a_part_head_and_changes_the_backbone():
 
 
 def test_local_identity_loss_names_the_person_only_on_person_cells():
-    from dclnet.models.synthetic_pretrain import local_identity_loss
+    from dclnet.engine.synthetic_pretrain import local_identity_loss
 
     logits = torch.tensor([[[[2.0, 0.5, 9.0]], [[-1.0, 1.5, -9.0]]]])  # 1 x 2 classes x 1 x 3
     share = torch.tensor([[[0.6, 0.0, 0.3]]])  # person cell, empty cell, ignored (partly)
@@ -259,3 +259,15 @@ def test_pretrain_size_out_of_range_is_a_config_error():
         load_config(None, ["model.pretrain_size=[8, 16]"])
     with pytest.raises(ConfigError, match="model.pretrain_size.*expects 2 values"):
         load_config(None, ["model.pretrain_size=[96]"])
+
+
+def test_pretraining_announces_its_duration_once(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="dclnet.engine.synthetic_pretrain"):
+        synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), ids=6, steps=14, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "on this machine" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert (
+        lines[0].startswith("synthetic pretraining: 14 steps, ") and "more (done once" in lines[0]
+    )

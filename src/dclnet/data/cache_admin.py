@@ -3,7 +3,7 @@
 The cache directory (``--cache-dir``, default :func:`~dclnet.data.cache.default_cache_dir`)
 holds one folder per cached image list (``<name>-<H>x<W>-<key>/`` with ``images.npy`` and
 ``meta.json``, see :mod:`dclnet.data.cache`) and ``pretrained/`` with synthetic-pretrained
-backbone files (``*.pt``, see :mod:`dclnet.models.synthetic_pretrain`). Each image folder and
+backbone files (``*.pt``, see :mod:`dclnet.engine.synthetic_pretrain`). Each image folder and
 each file in ``pretrained/`` is one *entry*, named by its path relative to the cache
 directory (``sysu-train-288x144-0123456789abcdef``, ``pretrained/synthetic-...pt``).
 

@@ -242,6 +242,34 @@ def _flipped(images: torch.Tensor, parts: np.ndarray, flip: torch.Tensor):
     return images, torch.where(flip[:, None, None], parts.flip(2), parts)
 
 
+class _EtaClock:
+    """Logs, once, how long the whole pretraining will take on this machine, measured on
+    the steps after the first (which pay for allocation and warm-up)."""
+
+    def __init__(self, steps: int, skip: int = 2, measure: int = 10) -> None:
+        self.steps, self.skip, self.measure = steps, skip, measure
+        self.start: float | None = None
+
+    def tick(self, step: int) -> None:
+        if step == self.skip:
+            self.start = time.perf_counter()
+        elif self.start is not None and step == self.skip + self.measure:
+            per_step = (time.perf_counter() - self.start) / self.measure
+            left = per_step * (self.steps - step)
+            logger.info(
+                "synthetic pretraining: %d steps, %.2f s each on this machine: about %s more "
+                "(done once; later runs load the cached file)",
+                self.steps,
+                per_step,
+                _duration(left),
+            )
+            self.start = None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def pretrain_backbone(
     arch: str,
     size: tuple[int, int],
@@ -298,8 +326,14 @@ def pretrain_backbone(
     )
     # with part targets the flip is drawn here, so that images and part maps flip together
     augment = AugmentConfig(flip_p=0.0) if maps else AugmentConfig()
-    bar = tqdm(range(steps), desc="synthetic pretraining", disable=not progress, leave=False)
-    for _ in bar:
+    # tqdm's ETA is an exponential moving average of the step time (smoothing=0.1)
+    bar = tqdm(
+        range(steps), desc="synthetic pretraining", disable=not progress, leave=False,
+        smoothing=0.1,
+    )  # fmt: skip
+    clock = _EtaClock(steps)
+    for step in bar:
+        clock.tick(step)
         vis, ir, y, rows = _batch(images, labels, infrared, rng, batch_size)
         if not maps:
             vis, ir = _shifted(vis, False, shift, rng)[0], _shifted(ir, True, shift, rng)[0]
@@ -358,7 +392,7 @@ def synthetic_backbone(
         return path
     logger.info(
         "model.pretrained=synthetic: pretraining %s on %d other synthetic people for %d steps "
-        "(once; cached as %s)",
+        "(once; cached as %s, listed by `dclnet cache list`)",
         arch,
         ids,
         steps,

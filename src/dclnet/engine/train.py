@@ -107,7 +107,7 @@ def pretrained_weights(cfg: Config) -> str | Path | None:
     if m.pretrained != "synthetic":
         return m.pretrained
     from dclnet.data.cache import default_cache_dir
-    from dclnet.models.synthetic_pretrain import synthetic_backbone
+    from dclnet.engine.synthetic_pretrain import synthetic_backbone
 
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     return synthetic_backbone(
@@ -140,7 +140,7 @@ def check_weights(cfg: Config) -> None:
     m = cfg.model
     if m.pretrained == "synthetic":
         if m.pretrain_size is not None:
-            from dclnet.models.synthetic_pretrain import check_pretrain_size
+            from dclnet.engine.synthetic_pretrain import check_pretrain_size
 
             check_pretrain_size(tuple(m.pretrain_size), m.layer3_stride)
         return
