@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dclnet.inference.commands import register as register_inference
 
     register_inference(sub)
+    from dclnet.inference.serve import register as register_serve
+
+    register_serve(sub)
     from dclnet.benchmark import register as register_benchmark
 
     register_benchmark(sub)
