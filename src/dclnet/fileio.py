@@ -10,13 +10,20 @@ it), so that
 * the file gets the mode any other program would give it (``0o666 & ~umask``), not the
   ``0o600`` of :func:`tempfile.mkstemp`;
 * a full disk is reported as one line naming the folder, also when the writer (``torch.save``)
-  hides the ``OSError`` behind its own error.
+  hides the ``OSError`` behind its own error;
+* a symbolic link at an output path is refused, never written through (a planted link must
+  not make dclnet overwrite or append to its target).
+
+Files that are appended to or locked (a run's ``log.txt``, lock files) are opened with
+:func:`open_no_follow`; :func:`file_lock` is the one advisory lock (``flock``) the run folders
+and the search indexes use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +34,8 @@ from typing import IO, Any
 from dclnet.errors import OutputError
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # 0 where the platform lacks it (the check stays)
+logger = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -59,9 +68,90 @@ def _check_parents(path: Path) -> None:
             return
 
 
-def check_output_file(path: str | Path) -> Path:
-    """Raise unless ``path`` can become a file: not a directory, no file among its parents."""
+def refuse_link(path: str | Path) -> Path:
+    """Raise unless ``path`` is not a symbolic link (dclnet never writes through links)."""
     path = Path(path)
+    if path.is_symlink():
+        raise OutputError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}); dclnet does not write "
+            "through links: remove the link or give another path"
+        )
+    return path
+
+
+def open_no_follow(path: str | Path, flags: int) -> int:
+    """``os.open(path, flags)`` that refuses a symbolic link at ``path`` (one-line error).
+
+    Args:
+        path: The file.
+        flags: ``os.O_*`` flags (``O_CREAT`` files get the umask's mode).
+
+    Returns:
+        The file descriptor.
+    """
+    path = refuse_link(path)
+    try:
+        return os.open(path, flags | _NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # made a link between the check and the open
+            refuse_link(path)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive advisory lock (``flock``) on the file ``path`` for the block.
+
+    The file is created if needed (never through a link) and deleted on release; a lock
+    taken on a file that its previous holder just deleted counts as not taken (the inode
+    check), so two holders never overlap. ``flock`` locks belong to the open file, so two
+    threads of one process that each enter this block exclude each other too.
+
+    Args:
+        path: The lock file.
+        blocking: Wait for the lock; else yield ``False`` at once when another holds it.
+
+    Yields:
+        Whether the lock is held (``True`` also where locks are unavailable: no ``fcntl``, a
+        file system that refuses them; then nothing is guarded, as logged).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield True
+        return
+    path = Path(path)
+    while True:
+        fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        except OSError as exc:  # a file system without locks
+            os.close(fd)
+            logger.warning("cannot lock %s (%s); not guarding against a second writer", path, exc)
+            yield True
+            return
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder deleted it meanwhile: lock the new file instead
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Raise unless ``path`` can become a file: not a directory or a link, no file above it."""
+    path = refuse_link(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; give a file name")
     _check_parents(path)

@@ -8,15 +8,15 @@ checkpoint's step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from dclnet.engine.runlog import LOG_NAME
 from dclnet.errors import CheckpointError, TrainingError
-from dclnet.fileio import atomic_write, check_output_dir
+from dclnet.fileio import atomic_write, check_output_dir, file_lock, refuse_link
 
 logger = logging.getLogger(__name__)
 # Files and folders ``fit`` writes in a run folder (what ``overwrite=True`` clears).
@@ -26,49 +26,28 @@ RUN_GLOBS = ("*.log",)
 LOCK_NAME = ".lock"
 
 
-def _lock_run_folder(output: Path):
-    """Hold ``output/.lock`` (one training per folder at a time); the open file, or None.
+def _lock_run_folder(output: Path) -> contextlib.ExitStack:
+    """Hold ``output/.lock`` (one training per folder at a time); give it to
+    :func:`release_run_folder`, which deletes the file.
 
-    Release with :func:`release_run_folder` (which deletes the file). The inode check makes
-    a lock taken on a file that its previous holder just deleted count as not taken.
+    The lock file is never opened through a symbolic link (a planted ``.lock`` link would
+    create or lock a file outside the folder): such a link is refused.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX
-        return None
     path = output / LOCK_NAME
-    for _ in range(5):
-        fh = path.open("a")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            break
-        except OSError as exc:  # a file system without locks: train unlocked
-            fh.close()
-            logger.warning("cannot lock %s (%s); not guarding against a second run", path, exc)
-            return None
-        try:
-            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
-                return fh
-        except FileNotFoundError:
-            pass
-        fh.close()
-    raise TrainingError(
-        f"run folder {output} is in use by another training (it holds {path}); "
-        "wait for it to finish or choose another --output"
-    )
+    stack = contextlib.ExitStack()
+    if not stack.enter_context(file_lock(path, blocking=False)):
+        stack.close()
+        raise TrainingError(
+            f"run folder {output} is in use by another training (it holds {path}); "
+            "wait for it to finish or choose another --output"
+        )
+    return stack
 
 
-def release_run_folder(lock) -> None:
+def release_run_folder(lock: contextlib.ExitStack | None) -> None:
     """Give back a lock from :func:`claim_run_folder` (None: nothing to do)."""
-    if lock is None:
-        return
-    try:
-        os.unlink(lock.name)
-    except OSError:
-        pass
-    lock.close()
+    if lock is not None:
+        lock.close()
 
 
 def claim_run_folder(output: Path, *, resume: bool, overwrite: bool):
@@ -76,7 +55,8 @@ def claim_run_folder(output: Path, *, resume: bool, overwrite: bool):
 
     Takes the folder's lock (returned: give it to :func:`release_run_folder`), removes stale
     ``.*.tmp`` files of crashed writes, and checks the folder: a fresh run needs an empty (or
-    new) folder; ``overwrite`` first deletes the run files :func:`fit` owns (nothing else).
+    new) folder; ``overwrite`` first deletes the run files :func:`fit` owns (nothing else);
+    ``resume`` refuses run files that are symbolic links (the run appends to them).
     """
     if resume and overwrite:
         raise TrainingError("--resume continues a run and --overwrite starts over; pass one")
@@ -99,7 +79,9 @@ def claim_run_folder(output: Path, *, resume: bool, overwrite: bool):
 def _check_run_folder(output: Path, *, resume: bool, overwrite: bool) -> None:
     for stale in output.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    if resume:
+    if resume:  # the run appends to these: a planted link must not redirect it
+        for name in RUN_FILES:
+            refuse_link(output / name)
         return
     present = sorted(p.name for p in output.iterdir() if p.name != LOCK_NAME)
     owned = set(RUN_FILES) | set(RUN_DIRS) | {p.name for g in RUN_GLOBS for p in output.glob(g)}

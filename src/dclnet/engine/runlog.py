@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import yaml
 
 from dclnet.config import Config
 from dclnet.data.datasets import TrainData
+from dclnet.fileio import open_no_follow
 
 LOG_NAME = "log.txt"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -137,6 +140,49 @@ def epoch_summary(
     )
 
 
+class RunLogHandler(logging.StreamHandler):
+    """Appends log records to a run's ``log.txt``, opened without following a link.
+
+    A write that fails (a full disk, a vanished file system) must not interrupt training nor
+    print logging's ``--- Logging error ---`` traceback for every record: the first failure
+    is said once, on stderr, in one line naming the file, and the handler stops writing.
+
+    Args:
+        path: The log file (appended to; created with the umask's mode).
+
+    Raises:
+        OutputError: ``path`` is a symbolic link.
+    """
+
+    def __init__(self, path: Path) -> None:
+        fd = open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        super().__init__(os.fdopen(fd, "a", encoding="utf-8"))
+        self.path = Path(path)
+        self.name = str(path)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        sys.stderr.write(
+            f"warning: cannot write {self.path} ({reason}); it is no longer written for this "
+            "run (the console log goes on)\n"
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # flushing a full disk's buffer fails again
+            super().close()
+        with contextlib.suppress(OSError):
+            self.stream.close()
+
+
 @contextlib.contextmanager
 def run_log_file(output: Path, enabled: bool = True) -> Iterator[Path | None]:
     """Mirror the ``dclnet`` loggers into ``output/log.txt`` (appended) while in the block.
@@ -144,12 +190,14 @@ def run_log_file(output: Path, enabled: bool = True) -> Iterator[Path | None]:
     The file gets INFO lines even when logging is not configured (the ``dclnet`` logger is
     set to INFO for the block unless someone set its level explicitly, e.g. the CLI's
     ``--verbose`` or its quiet mode for ranks other than 0). ``enabled=False`` does nothing.
+    ``log.txt`` is never opened through a symbolic link, and a failed write is reported once
+    (see :class:`RunLogHandler`).
     """
     if not enabled:
         yield None
         return
     path = Path(output) / LOG_NAME
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = RunLogHandler(path)
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     pkg = logging.getLogger("dclnet")
     saved = pkg.level

@@ -90,6 +90,7 @@ def loss_kwargs(cfg: Config) -> dict[str, Any]:
         "continuity_weight": c.continuity_weight,
         "erase_rule": c.erase_rule,
         "num_parts": cfg.model.num_parts,
+        "dcl_precision": c.dcl_precision,
     }
     if c.preset is not None:
         kwargs.update(ABLATIONS[c.preset])
