@@ -6,6 +6,11 @@ Usage::
     python benchmarks/bench_dense_loss.py --n 8 --device cuda
     python benchmarks/bench_dense_loss.py --json docs/results/bench_dense_loss.json   # README
 
+Variants: ``naive`` (the reference, float32), ``chunked`` (the training loss, float32
+products) and, for each ``--precision`` (default ``tf32 bf16``), the chunked loss with
+reduced-precision operands in its products (float32 accumulation and log-sum-exp; on the
+CPU emulated: the GPU's numerics, not its speed). Each chunked row is compared with naive.
+
 Every variant runs in a fresh subprocess on identical seeded inputs and reports the time of
 one forward + backward and the peak memory it adds. Before it, one tiny run pages in the
 kernels' code (and ``--warmup`` untimed full-size runs happen, useful on CUDA; on CPU they
@@ -75,11 +80,15 @@ def worker(args: argparse.Namespace) -> None:
     z_v.requires_grad_()
     z_i.requires_grad_()
 
+    precision = "fp32" if args.variant == "chunked" else args.variant
+
     def step(z_v, z_i, m_v, m_i):
         if args.variant == "naive":
             loss = dense_contrastive_loss_naive(z_v, z_i, m_v, m_i, tau=args.tau)
         else:
-            loss = dense_contrastive_loss(z_v, z_i, m_v, m_i, tau=args.tau, chunk_size=args.chunk)
+            loss = dense_contrastive_loss(
+                z_v, z_i, m_v, m_i, tau=args.tau, chunk_size=args.chunk, precision=precision
+            )
         loss.backward()
         return loss.detach()
 
@@ -127,21 +136,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _compare(args: argparse.Namespace, n: int, tmp: str) -> list[dict]:
-    """Both variants at ``n`` pairs: one row each, the chunked row against the naive one."""
+    """Every variant at ``n`` pairs: one row each, the chunked rows against the naive one."""
     res, saved = {}, {}
-    for variant in ("naive", "chunked"):
+    variants = ("naive", "chunked", *args.precision)
+    for variant in variants:
         path = Path(tmp) / f"{variant}_{n}.pt"
         res[variant] = {"n": n, "variant": variant, **_run_variant(args, variant, n, path)}
         if path.exists():
             saved[variant] = torch.load(path)
             res[variant]["value"] = float(saved[variant]["loss"])
-    if "naive" in saved and "chunked" in saved:
-        ref, got = saved["naive"], saved["chunked"]
-        res["chunked"]["rel_dval"] = _rel(got["loss"], ref["loss"])
-        res["chunked"]["rel_dgrad"] = max(_rel(got[k], ref[k]) for k in ("g_v", "g_i"))
-        ratio = res["chunked"]["peak_bytes"] / max(res["naive"]["peak_bytes"], 1)
-        res["chunked"]["mem_ratio"] = ratio
-    return [res["naive"], res["chunked"]]
+    for variant in variants[1:]:
+        if "naive" in saved and variant in saved:
+            ref, got = saved["naive"], saved[variant]
+            res[variant]["rel_dval"] = _rel(got["loss"], ref["loss"])
+            res[variant]["rel_dgrad"] = max(_rel(got[k], ref[k]) for k in ("g_v", "g_i"))
+            ratio = res[variant]["peak_bytes"] / max(res["naive"]["peak_bytes"], 1)
+            res[variant]["mem_ratio"] = ratio
+    return [res[v] for v in variants]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,6 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        nargs="*",
+        default=["tf32", "bf16"],
+        choices=("tf32", "bf16"),
+        help="reduced product precisions timed besides fp32 (none: --precision alone)",
+    )
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -179,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.n:
             rows += _compare(args, n, tmp)
-    settings = {k: getattr(args, k) for k in ("c", "h", "w", "parts", "chunk", "tau", "device")}
+    keys = ("c", "h", "w", "parts", "chunk", "tau", "device", "precision")
+    settings = {k: getattr(args, k) for k in keys}
     record = {"settings": {**settings, "warmup": args.warmup}, "rows": rows}
     record["load_average"] = {"start": load_start, "end": load_average()}
     print(format_dense_table(record))

@@ -57,6 +57,9 @@ def test_report_has_every_section(report):
         "eval metrics, RegDB",
         "eval feature extraction",
         "dense loss forward+backward",
+        "dense loss forward+backward",
+        "dense loss forward+backward",
+        "dense loss / full DCLNet step",
         "data: gather (pinned on CUDA)",
         "data: gather + copy + augment",
     ]
@@ -73,9 +76,24 @@ def test_rows_describe_their_settings(report):
     sysu = _row(report, "eval metrics, SYSU")
     assert sysu["batch"] == "3803x301" and sysu["unit"] == "s"  # real protocol size
     assert _row(report, "eval metrics, RegDB")["batch"] == "2060x2060"
-    dense = _row(report, "dense loss")
-    assert dense["size"] == "64x8x4" and dense["batch"] == "4"
-    assert dense["peak_mb"] is None or dense["peak_mb"] >= 0
+    dense = [r for r in report["rows"] if r["benchmark"] == "dense loss forward+backward"]
+    assert [r["dtype"] for r in dense] == ["fp32", "tf32", "bf16"]  # product precisions
+    for row in dense:
+        assert row["size"] == "64x8x4" and row["batch"] == "4"
+        assert row["peak_mb"] is None or row["peak_mb"] >= 0
+
+
+def test_dense_share_is_dense_time_over_full_step_time(report):
+    # CPU: loss.dcl_precision=auto is fp32; the full step's row is in images/s = batch / s.
+    (dense,) = [
+        r
+        for r in report["rows"]
+        if r["benchmark"] == "dense loss forward+backward" and r["dtype"] == "fp32"
+    ]
+    full = _row(report, "train step, full")
+    share = _row(report, "dense loss / full")
+    assert share["dtype"] == "fp32" and share["unit"] == "x time"
+    assert share["value"] == pytest.approx(dense["value"] * full["value"] / int(full["batch"]))
 
 
 def test_ratio_row_is_full_over_plain_time(report):
@@ -181,10 +199,15 @@ def test_bench_dense_loss_writes_the_table_it_printed(tmp_path, capsys):
         torch.set_num_threads(threads)  # --threads sets it for the whole process
     record = json.loads(out.read_text())
     assert RECORD_KEYS <= set(record) and record["threads"] == 1
-    naive, chunked = record["rows"]
-    assert (naive["variant"], chunked["variant"]) == ("naive", "chunked")
+    naive, chunked, tf32, bf16 = record["rows"]
+    assert [r["variant"] for r in record["rows"]] == ["naive", "chunked", "tf32", "bf16"]
     assert chunked["value"] == pytest.approx(naive["value"], rel=1e-5)
     assert chunked["rel_dgrad"] < 1e-4
+    # Reduced-precision products: within 2 (2u + u^2) / tau of the value (u: the format's unit
+    # roundoff, tau = 0.05; see test_dense_contrastive), and not the float32 result itself.
+    for row, u in ((tf32, 2.0**-11), (bf16, 2.0**-8)):
+        assert 0 < abs(row["value"] - naive["value"]) <= 2 * (2 * u + u * u) / 0.05
+        assert row["rel_dgrad"] > 0 and "mem_ratio" in row
     assert format_dense_table(record) in capsys.readouterr().out
 
 

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from dclnet.losses.dense_contrastive import (
+    _DenseContrastive,
+    _direction_naive,
+    _Products,
     dense_contrastive_loss,
     dense_contrastive_loss_naive,
+    resolve_precision,
+    round_tf32,
 )
 
 
@@ -191,3 +196,150 @@ def test_anti_aligned_positives_near_exponent_limits(tau):
         scale = g_ref.abs().max().item()
         # float32 normalisation of nearly parallel inputs limits agreement to ~1e-5 of scale
         torch.testing.assert_close(g_got.double(), g_ref, rtol=1e-3, atol=1e-4 * scale)
+
+
+# --- reduced-precision products (precision="tf32" / "bf16") --------------------------------
+# Unit roundoff of the operand formats: TF32 keeps 10 mantissa bits, bfloat16 7 (+1 implicit).
+UNIT_ROUNDOFF = {"tf32": 2.0**-11, "bf16": 2.0**-8}
+FP32_U = 2.0**-24
+
+
+def _normalised_inputs(n, c, h, w, labels, seed):
+    """Inputs already L2-normalised per pixel (the loss's own normalisation is then ~identity)."""
+    z_v, z_i, m_v, m_i = _inputs(n, c, h, w, labels, seed=seed)
+    z_v = torch.nn.functional.normalize(z_v.detach(), dim=1).requires_grad_()
+    z_i = torch.nn.functional.normalize(z_i.detach(), dim=1).requires_grad_()
+    return z_v, z_i, m_v, m_i
+
+
+def _features(z):
+    """``N x C x H x W`` -> ``N x HW x C`` (no renormalisation)."""
+    return z.detach().flatten(2).transpose(1, 2)
+
+
+def _loss_of_logits(logits, la, lb, envelope=False):
+    """The loss as a function of the logits ``N x A x Q`` (the naive form's arithmetic).
+
+    ``envelope``: ``sum(lse_all + lse_pos) / count`` instead, whose gradient ``W+`` (the sum
+    of the two softmax weights) bounds the true gradient's entries in absolute value.
+    """
+    pos = (la.unsqueeze(2) == lb.unsqueeze(1)) & (la > 0).unsqueeze(2)
+    total, count = 0.0, 0
+    for sim, p in ((logits, pos), (logits.transpose(1, 2), pos.transpose(1, 2))):
+        loss, valid = _direction_naive(sim, p)
+        if envelope:
+            lse_pos = torch.logsumexp(sim.masked_fill(~p, float("-inf")), dim=-1)
+            loss = torch.where(valid, torch.logsumexp(sim, dim=-1) + lse_pos, 0.0)
+        total = total + loss.sum()
+        count = count + valid.sum()
+    return total / count.clamp_min(1)
+
+
+def _function_grads(a, b, la, lb, tau, precision, chunk=7):
+    """Value and gradients of the chunked autograd function on normalised features."""
+    a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+    loss = _DenseContrastive.apply(a, b, la, lb, 7, tau, chunk, precision)
+    return (loss, *torch.autograd.grad(loss, (a, b)))
+
+
+def _logit_bound(precision, c, tau):
+    """Largest change of one logit s(p, q) / tau from rounding the operands: each element
+    moves by a relative u, so with |a| = |b| = 1 the similarity by <= 2u + u^2; float32
+    accumulation of C terms (and the renormalisation of already normalised inputs) adds
+    <= (C + 4) 2^-24."""
+    u = UNIT_ROUNDOFF[precision]
+    return (2 * u + u * u + (c + 4) * FP32_U) / tau
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_reduced_precision_value_within_roundoff_bound_of_fp32(precision):
+    # Every logit moves by <= eps, so does each log-sum-exp (1-Lipschitz in the max norm),
+    # each anchor's lse_all - lse_pos by <= 2 eps, and so does their mean.
+    n, c, h, w, tau = 2, 32, 8, 4, 0.05
+    z_v, z_i, m_v, m_i = _normalised_inputs(n, c, h, w, 6, seed=11)
+    eps = _logit_bound(precision, c, tau)
+    ref = dense_contrastive_loss(z_v, z_i, m_v, m_i, tau=tau)
+    got = dense_contrastive_loss(z_v, z_i, m_v, m_i, tau=tau, precision=precision)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - ref.item()) <= 2 * eps
+    assert got.item() != ref.item()  # a reduced-precision result indeed (emulated on CPU)
+    g_got, g_ref = _grads(got, z_v, z_i), _grads(ref, z_v, z_i)
+    assert all(torch.isfinite(g).all() for g in g_got)
+    assert not torch.equal(g_got[0], g_ref[0])
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_reduced_precision_gradient_within_roundoff_bound_of_fp32(precision):
+    # dL/da_p = sum_q G_pq b_q with G = dL/ds (s: the raw similarities). Logits moved by
+    # <= eps scale each softmax weight by a factor in [e^{-2 eps}, e^{2 eps}], so
+    # |dG| <= (e^{2 eps} - 1) G+ with G+ the gradient of the envelope loss; rounding b and G
+    # to the format adds <= 2u |G| |b| <= 2u G+ |b|. Bound per entry:
+    # ((e^{2 eps} - 1) + 2u) (G+ @ |b|), plus the float32 summation-order noise of the
+    # chunked form (1e-5 of the largest entry, as in the chunked-vs-naive tests).
+    n, c, h, w, tau = 2, 32, 8, 4, 0.05
+    z_v, z_i, m_v, m_i = _normalised_inputs(n, c, h, w, 6, seed=12)
+    a, b = _features(z_v), _features(z_i)
+    la, lb = m_v.flatten(1), m_i.flatten(1)
+    _, ref_a, ref_b = _function_grads(a, b, la, lb, tau, "fp32")
+    _, got_a, got_b = _function_grads(a, b, la, lb, tau, precision)
+    a64, b64 = a.double(), b.double()
+    s = torch.bmm(a64, b64.transpose(1, 2)).requires_grad_()
+    (g_plus,) = torch.autograd.grad(_loss_of_logits(s / tau, la, lb, envelope=True), s)
+    factor = math.expm1(2 * _logit_bound(precision, c, tau)) + 2 * UNIT_ROUNDOFF[precision]
+    bound_a = factor * torch.bmm(g_plus, b64.abs())
+    bound_b = factor * torch.bmm(g_plus.transpose(1, 2), a64.abs())
+    for got, ref, bound in ((got_a, ref_a, bound_a), (got_b, ref_b, bound_b)):
+        noise = 1e-5 * ref.abs().max().item()
+        assert ((got - ref).double().abs() <= bound + noise).all()
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_reduced_precision_is_fp32_arithmetic_on_rounded_operands(precision):
+    # The tight check: against the float64 loss of the *rounded* operands the value differs
+    # only by float32 summation noise (nothing after the products is rounded to the reduced
+    # format: not the similarities, exponentials or sums), and each gradient entry by at most
+    # the rounding of the G operand, u (|G| @ |b|) (+ float32 noise as above).
+    n, c, h, w, tau = 3, 16, 6, 4, 0.05
+    z_v, z_i, m_v, m_i = _normalised_inputs(n, c, h, w, 6, seed=13)
+    a, b = _features(z_v), _features(z_i)
+    la, lb = m_v.flatten(1), m_i.flatten(1)
+    prod = _Products(precision, torch.float32, torch.device("cpu"))
+    ar, br = prod.operand(a).double(), prod.operand(b).double()
+    assert not torch.equal(ar, a.double())  # the operands are rounded
+    s = torch.bmm(ar, br.transpose(1, 2)).requires_grad_()
+    loss64 = _loss_of_logits(s / tau, la, lb)
+    (g,) = torch.autograd.grad(loss64, s)  # dL/ds, N x A x Q
+    got, got_a, got_b = _function_grads(a, b, la, lb, tau, precision, chunk=5)
+    torch.testing.assert_close(got.double(), loss64.detach(), rtol=1e-5, atol=1e-6)
+    u = UNIT_ROUNDOFF[precision]
+    for grad, ref, bound in (
+        (got_a, torch.bmm(g, br), u * torch.bmm(g.abs(), br.abs())),
+        (got_b, torch.bmm(g.transpose(1, 2), ar), u * torch.bmm(g.abs().transpose(1, 2), ar.abs())),
+    ):
+        noise = 1e-5 * ref.abs().max().item()
+        assert ((grad.double() - ref).abs() <= bound + noise).all()
+
+
+def test_round_tf32_keeps_ten_mantissa_bits():
+    # TF32's spacing at 1 is 2^-10: a tie (2^-11) rounds away from zero, less rounds down.
+    x = torch.tensor([1.0, 1.0 + 2**-11, 1.0 + 2**-12, 1.0 + 3 * 2**-12, -(1.0 + 2**-11), 0.3])
+    expected = [1.0, 1.0 + 2**-10, 1.0, 1.0 + 2**-10, -(1.0 + 2**-10)]
+    got = round_tf32(x)
+    assert got[:5].tolist() == expected
+    assert abs(got[5].item() / 0.3 - 1) <= 2**-11 and got[5].item() != x[5].item()
+
+
+def test_auto_precision_is_fp32_on_cpu_and_bad_names_are_refused():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    z_v, z_i, m_v, m_i = _inputs(2, 8, 4, 3, 3, seed=14)
+    ref = dense_contrastive_loss(z_v, z_i, m_v, m_i)
+    assert torch.equal(dense_contrastive_loss(z_v, z_i, m_v, m_i, precision="auto"), ref)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        dense_contrastive_loss(z_v, z_i, m_v, m_i, precision="fp16")
+
+
+def test_float64_ignores_reduced_precision():
+    z_v, z_i, m_v, m_i = _inputs(2, 4, 3, 2, 2, seed=15, dtype=torch.float64)
+    ref = dense_contrastive_loss(z_v, z_i, m_v, m_i, tau=0.5)
+    got = dense_contrastive_loss(z_v, z_i, m_v, m_i, tau=0.5, precision="bf16")
+    assert torch.equal(got, ref) and got.dtype == torch.float64

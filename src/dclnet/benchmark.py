@@ -41,15 +41,21 @@ from dclnet.bench.components import (
 from dclnet.bench.results import load_average, write_record
 from dclnet.bench.train_step import bench_data_pipeline, bench_train_step
 from dclnet.errors import ConfigError
+from dclnet.losses.dense_contrastive import resolve_precision
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("train", "eval", "dense", "data")
+DENSE_PRECISIONS = ("fp32", "tf32", "bf16")  # of the dense loss's products
 
 
-def _train_rows(size: BenchSize, device: torch.device, dtype: str, **options) -> list[Row]:
+def _train_rows(
+    size: BenchSize, device: torch.device, dtype: str, seconds: dict[str, float], **options
+) -> list[Row]:
+    """Rows of the three step variants at ``dtype``; their seconds per step go to ``seconds``
+    (keyed ``"variant dtype"``)."""
     amp = DTYPES[dtype]
-    rows, seconds = [], {}
+    rows = []
     names = {
         "baseline": "train step, baseline (id + metric)",
         "full": "train step, full DCLNet",
@@ -58,7 +64,7 @@ def _train_rows(size: BenchSize, device: torch.device, dtype: str, **options) ->
     for variant in ("baseline", "full", "plain"):
         logger.info("timing %s, %s", names[variant], dtype)
         res = bench_train_step(variant, size, device, amp, **options)
-        seconds[variant] = res["seconds"]
+        seconds[f"{variant} {dtype}"] = res["seconds"]
         rows.append(
             Row(
                 names[variant],
@@ -78,7 +84,7 @@ def _train_rows(size: BenchSize, device: torch.device, dtype: str, **options) ->
             dtype,
             str(size.batch),
             f"{size.shape} {size.arch}",
-            seconds["full"] / seconds["plain"],
+            seconds[f"full {dtype}"] / seconds[f"plain {dtype}"],
             "x time",
             note="step time ratio; the full step also augments, computes 5 loss terms, "
             "runs SRM and updates with Adam",
@@ -120,25 +126,52 @@ def _eval_rows(size: BenchSize, device: torch.device, dtype: str) -> list[Row]:
     return rows
 
 
-def _dense_rows(size: BenchSize, device: torch.device) -> list[Row]:
+def _dense_rows(size: BenchSize, device: torch.device, step_seconds: dict[str, float]):
+    """One row per product precision of the dense loss; with the training rows' seconds,
+    the share of the full step that the dense loss (at its ``auto`` precision) takes."""
     shape = dense_loss_shape(size)
-    logger.info("timing the dense loss at N x C x H x W = %s", shape)
-    res = bench_dense_loss(shape, device, repeats=size.repeats)
     n, c, h, w = shape
-    return [
-        Row(
-            "dense loss forward+backward",
-            device.type,
-            "fp32",
-            str(n),
-            f"{c}x{h}x{w}",
-            res["seconds"],
-            "s",
-            megabytes(res["peak_bytes"]),
-            note="peak MB: extra memory of one forward+backward (CUDA allocator, or the "
-            "CPU process's resident-set high-water mark)",
+    rows, seconds = [], {}
+    emulated = " (emulated on the CPU: GPU numerics, not its speed)" if device.type == "cpu" else ""
+    for precision in DENSE_PRECISIONS:
+        logger.info("timing the dense loss at N x C x H x W = %s, %s", shape, precision)
+        res = bench_dense_loss(shape, device, repeats=size.repeats, precision=precision)
+        seconds[precision] = res["seconds"]
+        rows.append(
+            Row(
+                "dense loss forward+backward",
+                device.type,
+                precision,
+                str(n),
+                f"{c}x{h}x{w}",
+                res["seconds"],
+                "s",
+                megabytes(res["peak_bytes"]),
+                note="dtype: operands of its similarity/gradient products, float32 "
+                f"accumulation and log-sum-exp; tf32, bf16{emulated}; peak MB: extra memory "
+                "of one forward+backward (CUDA allocator, or the CPU process's resident-set "
+                "high-water mark)",
+            )
         )
-    ]
+    auto = resolve_precision("auto", device)
+    for key, step in step_seconds.items():
+        variant, dtype = key.split()
+        if variant != "full":
+            continue
+        rows.append(
+            Row(
+                "dense loss / full DCLNet step",
+                device.type,
+                dtype,
+                str(size.batch),
+                f"{size.shape} {size.arch}",
+                seconds[auto] / step,
+                "x time",
+                note=f"the dense loss at loss.dcl_precision=auto ({auto} here), timed alone, "
+                "over the full training step at dtype",
+            )
+        )
+    return rows
 
 
 def _data_rows(size: BenchSize, device: torch.device) -> list[Row]:
@@ -196,13 +229,15 @@ def run_suite(
         torch.backends.cudnn.benchmark = True  # as in training
     load_start = load_average()
     rows: list[Row] = []
+    step_seconds: dict[str, float] = {}
     if "train" in sections:
         for dtype in dtypes:
-            rows += _train_rows(bench, dev, dtype, channels_last=channels_last, compile=compile)
+            options = dict(channels_last=channels_last, compile=compile)
+            rows += _train_rows(bench, dev, dtype, step_seconds, **options)
     if "eval" in sections:
         rows += _eval_rows(bench, dev, dtypes[-1])
     if "dense" in sections:
-        rows += _dense_rows(bench, dev)
+        rows += _dense_rows(bench, dev, step_seconds)
     if "data" in sections:
         rows += _data_rows(bench, dev)
     settings = {

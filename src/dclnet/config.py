@@ -33,6 +33,7 @@ CAM_CLASSES = ("label", "predicted")
 CENTER_PUSH = ("identities", "released")
 PIXEL_INITS = ("default", "normal")
 ERASE_RULES = ("majority", "top_left")  # top_left = released code (nearest-neighbour mask)
+DCL_PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # dense-loss products (losses.dense_contrastive)
 OPTIMIZERS = ("adam", "sgd")
 PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
 VALIDATION = ("none", "sysu", "fraction")
@@ -110,6 +111,7 @@ class LossConfig:
     tau: float = 0.05
     continuity_weight: float = 0.5
     erase_rule: str = "majority"  # one of ERASE_RULES: when a low-map cell counts as erased
+    dcl_precision: str = "auto"  # dense-loss products: auto (tf32 on CUDA sm80+), fp32, tf32, bf16
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ _CHOICES = {
     "loss.cam_class": CAM_CLASSES,
     "loss.center_push": CENTER_PUSH,
     "loss.erase_rule": ERASE_RULES,
+    "loss.dcl_precision": DCL_PRECISIONS,
     "model.pixel_init": PIXEL_INITS,
     "optim.optimizer": OPTIMIZERS,
     "train.validation": VALIDATION,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from dclnet.bench.common import BenchSize, PeakMemory, best_seconds
 from dclnet.evaluation.extract import extract_features
 from dclnet.evaluation.metrics import evaluate_ranking
-from dclnet.losses.dense_contrastive import dense_contrastive_loss
+from dclnet.losses.dense_contrastive import dense_contrastive_loss, resolve_precision
 from dclnet.models.dclnet import DCLNet
 from dclnet.models.resnet import RandomInitWarning
 
@@ -135,7 +135,13 @@ def _dense_inputs(n: int, c: int, h: int, w: int, parts: int, device: torch.devi
     return [t.to(device) for t in (z_v, z_i, m_v, m_i)]
 
 
-def _dense_step(shape: tuple[int, int, int, int], device: torch.device, tau: float, chunk: int):
+def _dense_step(
+    shape: tuple[int, int, int, int],
+    device: torch.device,
+    tau: float,
+    chunk: int,
+    precision: str = "fp32",
+):
     n, c, h, w = shape
     z_v, z_i, m_v, m_i = _dense_inputs(n, c, h, w, 6, device)
     z_v.requires_grad_()
@@ -143,18 +149,22 @@ def _dense_step(shape: tuple[int, int, int, int], device: torch.device, tau: flo
 
     def run() -> None:
         z_v.grad = z_i.grad = None
-        loss = dense_contrastive_loss(z_v, z_i, m_v, m_i, tau=tau, chunk_size=chunk)
+        loss = dense_contrastive_loss(
+            z_v, z_i, m_v, m_i, tau=tau, chunk_size=chunk, precision=precision
+        )
         loss.backward()
 
     return run
 
 
-def _cpu_dense_peak(shape: tuple[int, int, int, int], tau: float, chunk: int) -> int | None:
+def _cpu_dense_peak(
+    shape: tuple[int, int, int, int], tau: float, chunk: int, precision: str = "fp32"
+) -> int | None:
     """Peak of the first full-size forward + backward in this (fresh) process: the C
     allocator has not kept any freed memory yet, so every allocation shows in the resident
     set. A tiny call first takes the one-time costs (thread pools, kernel set-up)."""
-    _dense_step((1, 8, 4, 4), torch.device("cpu"), tau, chunk)()
-    run = _dense_step(shape, torch.device("cpu"), tau, chunk)
+    _dense_step((1, 8, 4, 4), torch.device("cpu"), tau, chunk, precision)()
+    run = _dense_step(shape, torch.device("cpu"), tau, chunk, precision)
     with PeakMemory(torch.device("cpu")) as mem:
         run()
     return mem.bytes
@@ -167,12 +177,17 @@ def bench_dense_loss(
     tau: float = 0.05,
     chunk_size: int = 512,
     repeats: int = 2,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Seconds and peak extra memory of one forward + backward of the dense loss.
 
-    On the CPU the memory is measured in a fresh subprocess (see :func:`_cpu_dense_peak`).
+    ``precision``: of its products (``"fp32"``, ``"tf32"``, ``"bf16"``, ``"auto"``; emulated
+    on the CPU, see :mod:`dclnet.losses.dense_contrastive`). On the CPU the memory is
+    measured in a fresh subprocess (see :func:`_cpu_dense_peak`). Also returns the resolved
+    ``precision``.
     """
-    run = _dense_step(shape, device, tau, chunk_size)
+    precision = resolve_precision(precision, device)
+    run = _dense_step(shape, device, tau, chunk_size, precision)
     seconds = best_seconds(run, device, warmup=1, iters=1, repeats=repeats)
     if device.type == "cuda":
         with PeakMemory(device) as mem:
@@ -183,9 +198,9 @@ def bench_dense_loss(
             "import json, sys; from dclnet.bench.components import _cpu_dense_peak; "
             "print(json.dumps(_cpu_dense_peak(*json.loads(sys.argv[1]))))"
         )
-        args = json.dumps([list(shape), tau, chunk_size])
+        args = json.dumps([list(shape), tau, chunk_size, precision])
         proc = subprocess.run(
             [sys.executable, "-c", code, args], capture_output=True, text=True, check=True
         )
         peak = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"seconds": seconds, "peak_bytes": peak}
+    return {"seconds": seconds, "peak_bytes": peak, "precision": precision}

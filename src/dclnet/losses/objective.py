@@ -94,6 +94,7 @@ def dclnet_objective(
     num_parts: int = 6,
     erase_rule: str = "majority",
     chunk_size: int = 512,
+    dcl_precision: str = "fp32",
 ) -> dict[str, Tensor]:
     """Weighted DCLNet loss terms for a ``[visible; infrared]`` batch of ``B = 2N`` images.
 
@@ -119,6 +120,9 @@ def dclnet_objective(
         erase_rule: when a low-map cell counts as erased: ``"majority"`` of its pixels, or
             ``"top_left"`` (its top-left pixel, the released code's nearest-neighbour rule).
         chunk_size: visible anchors per chunk of the dense loss.
+        dcl_precision: operands of the dense loss's similarity and gradient products
+            (``"fp32"``, ``"tf32"``, ``"bf16"``, ``"auto"``; see
+            :func:`~dclnet.losses.dense_contrastive.dense_contrastive_loss`).
 
     Returns:
         The enabled weighted terms among ``id``, ``metric``, ``part_id``, ``pap``, ``dcl``,
@@ -162,6 +166,7 @@ def dclnet_objective(
             tau=tau,
             chunk_size=chunk_size,
             num_labels=num_parts + 1,
+            precision=dcl_precision,
         )
         terms["dcl"] = weights.dcl * dcl
     total = sum(terms.values()) if terms else out.logits.sum() * 0.0
