@@ -146,3 +146,18 @@ def test_every_other_image_of_each_identity_is_a_prototype():
 
     labels = np.array([5, 2, 5, 5, 2, 9])
     assert _every_other(labels).tolist() == [True, True, False, True, False, True]
+
+
+def test_backbone_locality_reads_one_column_per_final_map_column(tmp_path):
+    from dclnet.engine.synthetic_pretrain import synthetic_backbone
+    from dclnet.evaluation.locality import backbone_locality, format_locality
+
+    weights = synthetic_backbone("resnet18", (32, 16), tmp_path, ids=6, steps=1, progress=False)
+    rows = backbone_locality(
+        str(weights), "resnet18", [(32, 16), (64, 32)], synthetic_ids=12, stripes=2
+    )
+    assert [r["grid"] for r in rows] == [[2, 1], [4, 2]]
+    assert [len(r["accuracy"]) for r in rows] == [1, 2]  # one share per final-map column
+    for r in rows:
+        assert all(0.0 <= a <= 1.0 for a in r["accuracy"]) and r["chance"] == 1 / r["identities"]
+    assert format_locality(rows).splitlines()[1].startswith("64 x 32 (final map 4 x 2): ")
