@@ -12,7 +12,9 @@ time, machine, the backbone file's SHA-256) as soon as it finishes, and a copy t
 ``--run-results DIR/<preset>-seed<k>.json`` (a folder kept in git, so that a study spanning
 two sessions or machines keeps its finished runs); a re-run reads finished runs back from
 either place and resumes a killed one from its ``last.pt``, so an interrupted study loses at
-most one epoch. ``--only-runs`` trains the missing runs and stops without a table.
+most one epoch. ``--only-runs`` trains the missing runs and stops without a table;
+``--table-only`` trains nothing and tabulates the finished runs, naming the missing ones (a
+study in progress).
 
 The table (mean ± population std over seeds) is printed, written with the command, machine,
 torch version, thread count and wall times to ``--results`` (default ``OUTPUT/study.json``;
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from dclnet.cli import resolve_config_path
+from dclnet.config import to_dict
 from dclnet.engine.runs import load_model, machine_info, resolve_run_config
 from dclnet.engine.train import fit, pretrained_weights
 from dclnet.evaluation.diagnose import diagnose_model
@@ -59,6 +63,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def finished(out: Path, kept: Path | None) -> dict | None:
+    """A finished run's results (``kept`` first, then ``OUT/study.json``), or None."""
+    for path in (kept, out / "study.json"):
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
 def run_one(
     config: Path,
     overrides: list[str],
@@ -69,9 +81,9 @@ def run_one(
 ) -> dict:
     """Train, test and diagnose one run, or read back its ``study.json`` (or ``kept``)."""
     done = out / "study.json"
-    for path in (kept, done):
-        if path is not None and path.is_file():
-            return json.loads(path.read_text())
+    previous = finished(out, kept)
+    if previous is not None:
+        return previous
     cfg = resolve_run_config(
         config, [*overrides, f"loss.preset={preset}", f"train.seed={seed}"], dataset="synthetic"
     )
@@ -97,6 +109,7 @@ def run_one(
         "diagnose": diag,
         "train_and_test_seconds": seconds,
         "diagnose_seconds": time.perf_counter() - start - seconds,
+        "load_average_end": list(os.getloadavg()),
         **machine_info(),
         "backbone": {
             "file": Path(backbone).name if backbone else None,
@@ -149,17 +162,29 @@ def main() -> int:
         "--run-results", type=Path, help="folder of one results file per finished run (kept)"
     )
     parser.add_argument("--only-runs", action="store_true", help="train the missing runs; no table")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: the table of the finished runs, naming the missing ones",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
     args = parser.parse_args()
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds; the std is not meaningful", file=sys.stderr)
     config = resolve_config_path(args.config)
     results: dict[str, list[dict]] = {p: [] for p in args.presets}
+    missing = []
     for seed in args.seeds:
         for preset in args.presets:
             name = f"{preset}-seed{seed}"
             kept = args.run_results / f"{name}.json" if args.run_results else None
-            res = run_one(config, args.overrides, preset, seed, args.output / name, kept)
+            if args.table_only:
+                res = finished(args.output / name, kept)
+                if res is None:
+                    missing.append(name)
+                    continue
+            else:
+                res = run_one(config, args.overrides, preset, seed, args.output / name, kept)
             results[preset].append(res)
             d = res["diagnose"]
             print(
@@ -172,9 +197,23 @@ def main() -> int:
             )
     if args.only_runs:
         return 0
+    results = {p: r for p, r in results.items() if r}
+    if not results:
+        print("error: no finished run to tabulate", file=sys.stderr)
+        return 2
+    recipe = to_dict(resolve_run_config(config, args.overrides, dataset="synthetic"))
     record = {
         "command": "python scripts/run_study.py " + " ".join(sys.argv[1:]),
         **machine_info(),
+        "recipe": {k: recipe[k] for k in ("data", "model", "optim")},
+        "missing": missing,
+        "run_machines": sorted(
+            {
+                f"{r.get('cpu', 'CPU model not recorded')}, {r.get('threads', '?')} threads"
+                for runs in results.values()
+                for r in runs
+            }
+        ),  # fmt: skip
         "seeds": {p: len(r) for p, r in results.items()},
         "run_seconds": [r["train_and_test_seconds"] for runs in results.values() for r in runs],
         "summary": summarise(results),

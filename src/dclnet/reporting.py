@@ -6,10 +6,11 @@ version, thread count and wall time). A document holds each section between
 ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; :func:`render_readme` rewrites them
 from the files, and a test fails when a document and a file disagree. Regenerate with::
 
-    python -m dclnet.reporting README.md docs/benchmarks.md docs/search.md docs/results
-    python -m dclnet.reporting README.md docs/benchmarks.md docs/search.md docs/results --check
+    python -m dclnet.reporting              # every document of DOCUMENTS, from docs/results
+    python -m dclnet.reporting --check      # exit status 1 when a section is stale
+    python -m dclnet.reporting DOC.md... RESULTS_DIR [--check]
 
-(the second exits with status 1 when a section is stale).
+(run from the repository root).
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ STUDY_LABELS = {
     "dcl_pap": "+ DCL, PAP masks (+ part id, PAP loss)",
     "full": "+ DCL, PAP + SRM masks (full DCLNet)",
 }
+# The documents with generated sections (paths from the repository root).
+DOCUMENTS = (
+    "README.md",
+    "docs/study.md",
+    "docs/synthetic.md",
+    "docs/benchmarks.md",
+    "docs/search.md",
+)
+RESULTS = "docs/results"
 _SECTION = re.compile(
     r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S
 )
@@ -40,7 +50,15 @@ def _metrics_line(name: str, mean: dict[str, float]) -> str:
 
 def _where(record: dict[str, Any]) -> str:
     threads = record["threads"]
-    return f"{record['machine']}, torch {record['torch']}, {threads} thread{'s' * (threads != 1)}"
+    cpu = (
+        f"{record['cpu']}, {record['cpu_capability']} kernels"
+        if "cpu" in record
+        else "CPU model not recorded"
+    )
+    return (
+        f"{record['machine']} ({cpu}), torch {record['torch']}, "
+        f"{threads} thread{'s' * (threads != 1)}"
+    )
 
 
 def render_demo(record: dict[str, Any]) -> str:
@@ -107,8 +125,38 @@ def render_comparison(demos: list[dict[str, Any]], cnns: list[dict[str, Any]]) -
     return "\n".join(lines)
 
 
-def render_study(record: dict[str, Any]) -> str:
-    """The study table (mean ± std over seeds) with its floors, command and timing."""
+def _regime(record: dict[str, Any]) -> str:
+    """One sentence on the recipe a study ran (when its results file records it)."""
+    recipe = record.get("recipe")
+    if recipe is None:
+        return ""
+    d, m, o = recipe["data"], recipe["model"], recipe["optim"]
+    pre = m.get("pretrain_size") or [d["height"], d["width"]]
+    return (
+        f"Recipe: {m['arch']} trained and tested at {d['height']} × {d['width']} from the "
+        f"synthetic backbone pretrained at {pre[0]} × {pre[1]} ({m['pretrain_steps']} steps, "
+        f"{m.get('pretrain_ids', 512)} people), {o['epochs']} epochs, synthetic seed "
+        f"{d['synthetic_seed']} ({d['synthetic_ids']} identities). "
+    )
+
+
+def _progress(record: dict[str, Any]) -> str:
+    missing = record.get("missing") or []
+    if not missing:
+        return ""
+    done = sum(record["seeds"].values())
+    return (
+        f"**A study in progress: {done} of {done + len(missing)} runs finished**; not yet run: "
+        + ", ".join(f"`{m}`" for m in missing)
+        + " (the command trains them and rewrites this table). "
+    )
+
+
+def render_study(record: dict[str, Any], note: str = "") -> str:
+    """The study table (mean ± std over seeds) with its floors, command and timing.
+
+    ``note`` follows the command (e.g. what a recorded command means today).
+    """
     titles = list(next(iter(record["summary"].values())))
     lines = ["| variant | " + " | ".join(titles) + " | seeds |", "|---" * (len(titles) + 2) + "|"]
     for preset, cells in record["summary"].items():
@@ -127,8 +175,10 @@ def render_study(record: dict[str, Any]) -> str:
         f"{f['correspondence chance']:.3f}. The baseline and stripe presets do not train the "
         "PAP head, so their PAP columns score an untrained head.",
         "",
-        f"Synthetic data (not SYSU-MM01/RegDB). Command: `{record['command']}`; "
-        f"{_where(record)}; {len(minutes)} runs of {min(minutes):.1f}–{max(minutes):.1f} min "
+        f"{_progress(record)}Synthetic data (not SYSU-MM01/RegDB). {_regime(record)}Command: "
+        f"`{record['command']}`{note}; table made on {_where(record)}; runs on "
+        f"{'; '.join(record.get('run_machines', [])) or 'the same machine'}; {len(minutes)} "
+        f"runs of {min(minutes):.1f}–{max(minutes):.1f} min "
         "each (train + test). Cells: mean ± population std over seeds; identity metrics are "
         "the 10-trial mean of the SYSU-style all-search protocol on the synthetic test "
         "identities, mechanism metrics come from `dclnet diagnose` (fractions 0–1).",
@@ -289,7 +339,7 @@ def _not_measured(path: str) -> str:
     return (
         f"Not measured in this tree: `{REAL_COMMAND.format(path=path)}` writes `{path}` "
         "(six ResNet-50 training steps of 64 images: minutes on a CPU), and "
-        "`python -m dclnet.reporting README.md docs/benchmarks.md docs/search.md docs/results` "
+        "`python -m dclnet.reporting` "
         "puts it here."
     )
 
@@ -321,6 +371,49 @@ def render_bench_train(records: list[dict[str, Any]], missing: list[str]) -> str
     return "\n".join(lines)
 
 
+STUDY_COMMAND = (
+    "python scripts/run_study.py --output runs/study --seeds 0 1 2 "
+    "--run-results docs/results/study --results docs/results/study.json"
+)
+LOCALITY_COMMAND = (
+    "python scripts/backbone_locality.py --config study --sizes 96x48 192x96 288x144 "
+    "--json docs/results/backbone_locality.json"
+)
+
+
+def _or_not_run(results: Path, name: str, render, command: str) -> str:
+    """``render`` of ``results/NAME.json``, or a line saying which command writes it."""
+    if not (results / f"{name}.json").is_file():
+        return f"Not measured yet: `{command}` writes `docs/results/{name}.json`."
+    return render(_load(results, name))
+
+
+def render_locality(record: dict[str, Any]) -> str:
+    """Identity from one final-map column per input size, as a table."""
+    rows = record["rows"]
+    width = max(len(r["accuracy"]) for r in rows)
+    lines = [
+        "| input (final map) | " + " | ".join(f"col {j + 1}" for j in range(width)) + " |",
+        "|---" * (width + 1) + "|",
+    ]
+    for r in rows:
+        cells = [f"{a:.2f}" for a in r["accuracy"]] + [""] * (width - len(r["accuracy"]))
+        lines.append(
+            f"| {r['size'][0]} × {r['size'][1]} ({r['grid'][0]} × {r['grid'][1]}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    first = rows[0]
+    lines += [
+        "",
+        f"Columns left to right; chance {first['chance']:.2f} ({first['identities']} test "
+        f"identities, {first['images']} images of synthetic seed {record['synthetic_seed']}); "
+        f"backbone `{record['weights']}`, each column's cells average-pooled to the model's "
+        f"part stripes. `{record['command']}` on {_where(record)}, {record['seconds']:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
 def _load(results: Path, name: str) -> dict[str, Any]:
     return json.loads((results / f"{name}.json").read_text())
 
@@ -344,7 +437,12 @@ RENDERERS = {
         [_load(r, "demo_seed7"), _load(r, "demo_seed7_500steps")],
         [_load(r, "cnn_seed7_241s"), _load(r, "cnn_seed7")],
     ),
-    "study": lambda r: render_study(_load(r, "study")),
+    "study": lambda r: _or_not_run(r, "study", render_study, STUDY_COMMAND),
+    "locality": lambda r: _or_not_run(r, "backbone_locality", render_locality, LOCALITY_COMMAND),
+    "study96": lambda r: render_study(
+        _load(r, "study96"),
+        " (recorded when `configs/study.yaml` was this recipe; today add `--config study96`)",
+    ),
     "diagnose-full": lambda r: render_diagnosis(_load(r, "diagnose_full_seed0")),
     "shift": _shift_rows,
     "bench-eval": lambda r: render_bench_eval(_load(r, "bench_eval")),
@@ -385,10 +483,13 @@ def render_readme(text: str, results: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dclnet.reporting DOC... RESULTS_DIR [--check]``: rewrite (or check) each
-    document's result sections; exit status 1 when ``--check`` finds one stale."""
+    """``python -m dclnet.reporting [DOC... RESULTS_DIR] [--check]``: rewrite (or check) each
+    document's result sections (default: :data:`DOCUMENTS` from :data:`RESULTS`); exit status
+    1 when ``--check`` finds one stale."""
     args = sys.argv[1:] if argv is None else argv
     paths = [Path(a) for a in args if a != "--check"]
+    if not paths:
+        paths = [Path(d) for d in (*DOCUMENTS, RESULTS)]
     if len(paths) < 2:
         print("usage: python -m dclnet.reporting DOC.md... RESULTS_DIR [--check]", file=sys.stderr)
         return 2
