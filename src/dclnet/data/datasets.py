@@ -91,7 +91,12 @@ def _relabel(visible: ImageSet, infrared: ImageSet) -> tuple[ImageSet, ImageSet,
 
 
 def _hold_out(visible: ImageSet, infrared: ImageSet, held: np.ndarray):
-    """Split off the identities ``held``: (train visible, train infrared, validation)."""
+    """Split off the identities ``held``: (train visible, train infrared, validation).
+
+    The training sets index the original arrays (:meth:`ImageSet.subset` with
+    ``copy=False``), so a memory-mapped cache is not read into memory per process; only the
+    held-out images are copied, into the validation protocol's array.
+    """
     v_in, i_in = np.isin(visible.labels, held), np.isin(infrared.labels, held)
     query = infrared.subset(np.flatnonzero(i_in))
     gallery = visible.subset(np.flatnonzero(v_in))
@@ -116,8 +121,9 @@ def _hold_out(visible: ImageSet, infrared: ImageSet, held: np.ndarray):
         images=np.concatenate([query.images, gallery.images]),
         modalities=[INFRARED] * len(query) + [VISIBLE] * len(gallery),
     )
+    # The training sets stay views of the (memory-mapped) arrays: index arrays, no copy.
     keep_v, keep_i = np.flatnonzero(~v_in), np.flatnonzero(~i_in)
-    return visible.subset(keep_v), infrared.subset(keep_i), validation
+    return visible.subset(keep_v, copy=False), infrared.subset(keep_i, copy=False), validation
 
 
 def _train_sets(

@@ -34,12 +34,18 @@ class Record:
 class ImageSet:
     """Images of one modality held as arrays (in memory or memory-mapped).
 
+    A set may be a *view* of a larger array (:meth:`subset` with ``copy=False``): ``images``
+    is then the shared array (e.g. the cache's memory map, never copied) and ``rows`` says
+    which of its rows image ``i`` is; read images through :meth:`take` or map indices with
+    :meth:`source_rows`, never index ``images`` with set indices directly.
+
     Attributes:
-        images: ``N x H x W x 3`` uint8.
+        images: ``M x H x W x 3`` uint8; ``M = N`` unless ``rows`` is given.
         labels: ``N`` int64 identities.
         cams: ``N`` int64 camera ids.
         paths: ``N`` paths relative to the data-set root (or synthetic names).
         modality: ``"visible"`` or ``"infrared"``.
+        rows: ``N`` int64 rows of ``images`` holding the set's images, or None (row ``i``).
     """
 
     images: np.ndarray
@@ -47,19 +53,37 @@ class ImageSet:
     cams: np.ndarray
     paths: list[str]
     modality: str
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, index: np.ndarray) -> ImageSet:
-        """Rows ``index`` of this set (images are copied into memory)."""
+    def source_rows(self, index: np.ndarray) -> np.ndarray:
+        """Rows of ``images`` that hold the set's images ``index``."""
+        return index if self.rows is None else self.rows[index]
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """The images ``index`` of the set, ``len(index) x H x W x 3`` (read into memory)."""
+        return np.asarray(self.images[self.source_rows(np.asarray(index, dtype=np.int64))])
+
+    def subset(self, index: np.ndarray, *, copy: bool = True) -> ImageSet:
+        """Rows ``index`` of this set.
+
+        Args:
+            index: set indices to keep, in the new order.
+            copy: read the images into a new in-memory array (aligned with the new set);
+                ``False``: a view that keeps sharing ``images`` (a memory map stays one) and
+                records the rows in ``rows``.
+        """
         index = np.asarray(index, dtype=np.int64)
+        rows = self.source_rows(index)
         return ImageSet(
-            images=np.asarray(self.images[index]),
+            images=np.asarray(self.images[rows]) if copy else self.images,
             labels=self.labels[index],
             cams=self.cams[index],
             paths=[self.paths[i] for i in index],
             modality=self.modality,
+            rows=None if copy else rows,
         )
 
 

@@ -163,6 +163,7 @@ class BatchPrefetcher:
             self._visible = torch.from_numpy(data.visible.images)
             self._infrared = torch.from_numpy(data.infrared.images)
         self._labels = torch.from_numpy(data.visible.labels.astype(np.int64))
+        self._sets = (data.visible, data.infrared)  # map set indices to array rows
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -172,8 +173,9 @@ class BatchPrefetcher:
         return torch.index_select(source, 0, index, out=out)
 
     def _gather(self, vis_idx: np.ndarray, ir_idx: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
-        vis_index, ir_index = torch.from_numpy(vis_idx), torch.from_numpy(ir_idx)
-        labels = self._take(self._labels, vis_index)
+        labels = self._take(self._labels, torch.from_numpy(vis_idx))
+        vis_rows, ir_rows = (s.source_rows(i) for s, i in zip(self._sets, (vis_idx, ir_idx)))
+        vis_index, ir_index = torch.from_numpy(vis_rows), torch.from_numpy(ir_rows)
         return self._take(self._visible, vis_index), self._take(self._infrared, ir_index), labels
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
