@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the README pictures from a demo checkpoint (default: runs/demo/last.pt).
+# Regenerate the pictures of docs/study.md from a checkpoint (default: runs/demo/last.pt).
 #   bash scripts/make_figures.sh [CHECKPOINT] [OUTDIR]
 # Writes the synthetic SYSU-layout set to a temp folder, indexes its visible test images,
 # searches a few infrared queries, and draws one picture of each kind.
@@ -9,11 +9,20 @@ out=${2:-docs/images}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
-# the demo's data: 64 synthetic people rendered at the demo size
-python - "$work/data" <<'PY'
+# the model's data: the synthetic people it was trained on (ids, seed), rendered at its input size
+python - "$work/data" "$ckpt" <<'PY'
 import sys
 from dclnet.data.sources.synthetic import write_sysu
-write_sysu(sys.argv[1], num_ids=64, height=96, width=48)
+from dclnet.engine.checkpoint import load_checkpoint
+state = load_checkpoint(sys.argv[2])
+pre, data = state["preprocessing"], state.get("config", {}).get("data", {})
+write_sysu(
+    sys.argv[1],
+    num_ids=int(data.get("synthetic_ids", 64)),
+    seed=int(data.get("synthetic_seed", 0)),
+    height=int(pre["height"]),
+    width=int(pre["width"]),
+)
 PY
 data="$work/data"
 test_ids=$(tr ',' ' ' < "$data/exp/test_id.txt")
