@@ -402,6 +402,7 @@ def test_embeddings_of_another_width(world, embedder, tmp_path):
     idx = tmp_path / "idx"
     index = write_index(embedder, world["gallery"], "visible", idx, progress=False)
     narrow = np.ascontiguousarray(index.embeddings[:, :256])
+    narrow /= np.linalg.norm(narrow, axis=1, keepdims=True)  # stored rows are L2-normalised
     meta = json.loads((idx / "meta.json").read_text())
     del index
     np.save(idx / "embeddings.npy", narrow)  # the file and meta.json agree: 256-d

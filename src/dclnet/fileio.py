@@ -241,7 +241,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_write(
-    path: str | Path, mode: str = "w", *, fsync: bool = False, encoding: str | None = None
+    path: str | Path,
+    mode: str = "w",
+    *,
+    fsync: bool = False,
+    encoding: str | None = None,
+    newline: str | None = None,
 ) -> Iterator[IO[Any]]:
     """An open file that replaces ``path`` atomically when the block succeeds.
 
@@ -250,11 +255,13 @@ def atomic_write(
         mode: ``"w"`` (text) or ``"wb"``.
         fsync: Flush the data to the disk before the rename (checkpoints, cache metadata).
         encoding: Text encoding (text mode only; default UTF-8).
+        newline: Text mode: as for :func:`open` (``""`` for the :mod:`csv` module).
     """
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
+    extra = {"newline": newline} if newline is not None else {}
     with atomic_path(path) as tmp:
-        with open(tmp, mode, encoding=encoding) as fh:
+        with open(tmp, mode, encoding=encoding, **extra) as fh:
             yield fh
             if fsync:
                 fh.flush()

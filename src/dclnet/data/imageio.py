@@ -8,6 +8,7 @@ caches built by :mod:`dclnet.data.cache`, so that stale arrays are never reused)
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _UINT16_MAX = 65535
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, where: str = "image") -> Image.Image:
     """A PIL image as 8-bit RGB, with 16-bit greyscale scaled rather than clipped.
 
     Pillow clips 16-bit values (``I;16``, ``I;16B``, ``I``) at 255, which turns a thermal
@@ -42,7 +43,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     ``0..255`` (``round(x / 257)``), the same for every image, so brightness stays comparable
     between images. Mode ``I`` (32-bit, how Pillow opens some 16-bit PNG and TIFF files) is
     clipped to ``0..65535`` first.
+
+    32-bit float images (mode ``F``, e.g. a float TIFF) are refused: their scale (0..1,
+    0..255, degrees) is not in the file, and Pillow's conversion clips them (a 0..1 image
+    becomes black).
+
+    Raises:
+        DataError: A mode ``F`` image (``where`` starts the message).
     """
+    if image.mode == "F":
+        raise DataError(
+            f"{where}: 32-bit float pixels (mode F) have no fixed scale; save the image "
+            "with 8- or 16-bit integer pixels"
+        )
     if image.mode not in _WIDE_GREY_MODES:
         return image.convert("RGB")
     values = np.clip(np.asarray(image, dtype=np.float64), 0, _UINT16_MAX)
@@ -56,6 +69,35 @@ def unreadable_reason(path: Path, exc: BaseException) -> str:
         return f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+
+
+def special_file_reason(path: Path) -> str:
+    """Why ``path`` (not a regular file) is no image: ``not a regular file (a FIFO); ...``."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return unreadable_reason(path, exc)
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    )
+    kind = next((name for test, name in kinds if test(st.st_mode)), "not a file")
+    via = f", linked to {os.readlink(path)}" if Path(path).is_symlink() else ""
+    return f"not a regular file ({kind}{via}); replace it with the image file or remove it"
+
+
+def _check_regular(path: Path) -> None:
+    """Raise unless ``path`` is a regular file: opening a FIFO would block for ever, a device
+    (``/dev/zero``) would be read without end."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return  # missing or unreadable: Image.open says so
+    if not regular:
+        raise DataError(f"{path}: {special_file_reason(path)}")
 
 
 def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -73,12 +115,14 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         ``H x W x 3`` uint8 array (writable, owning its memory).
 
     Raises:
-        DataError: The file is missing, unreadable, truncated or not an image.
+        DataError: The file is missing, unreadable, truncated or not an image, is not a
+            regular file (a FIFO, a device), or holds 32-bit float pixels.
     """
+    _check_regular(path)
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = to_rgb(im)
+            rgb = to_rgb(im, where=f"cannot decode image {path}")
         if size is not None:
             height, width = size
             if rgb.size != (width, height):

@@ -9,7 +9,10 @@ Every input kind goes through the same preprocessing as the training caches: dec
 resize to the checkpoint's ``(height, width)`` with Pillow's LANCZOS filter (the filter of
 :func:`dclnet.data.imageio.load_image`), then ``(x / 255 - mean) / std`` with the
 checkpoint's mean and std. Only already-normalised float tensors skip the first two steps, so
-they must already have the checkpoint's size.
+they must already have the checkpoint's size; a float tensor far outside the normalised range
+(0..255 values) is refused rather than embedded as if normalised. Arguments are checked:
+``batch_size`` an integer >= 1, ``flip`` a bool, inputs a list, array or tensor (not a
+generator, dict or meta tensor), each refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -159,6 +162,69 @@ def to_uint8(item: ImageInput, size: tuple[int, int], where: str = "input") -> n
     )
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a one-line error naming ``name`` (``'no'`` is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_batch_size(value: Any) -> int:
+    """``value`` if it is an integer >= 1 (not a bool, not 2.5), else a one-line error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_inputs(inputs: Any) -> None:
+    """Refuse input containers :meth:`Embedder.embed` cannot slice into batches.
+
+    A generator, iterator, dict or set has no order or no length to batch by (a dict would
+    be embedded as its keys); a tensor on the ``meta`` device holds no pixels.
+
+    Raises:
+        DataError: Naming the argument ``inputs`` and what to pass instead.
+    """
+    if isinstance(inputs, Tensor) and inputs.device.type == "meta":
+        raise DataError(
+            f"inputs: a tensor on the meta device holds no data ({_describe(inputs)}); pass "
+            "a tensor with real pixels (on the CPU or a GPU)"
+        )
+    if isinstance(inputs, (Tensor, np.ndarray, str, Path, Image.Image, list, tuple)):
+        return
+    kind = type(inputs).__name__
+    raise DataError(
+        f"inputs: got a {kind}; pass a list of images (paths, PIL images or uint8 arrays), "
+        "a uint8 array N x H x W x 3 or a normalised float tensor N x 3 x H x W"
+        + (" (list(...) it first)" if hasattr(inputs, "__iter__") else "")
+    )
+
+
+def _normalised_range(pre: Preprocessing) -> tuple[float, float]:
+    """Smallest and largest value a normalised pixel ``(x - mean) / std``, x in [0, 1], takes."""
+    lows = [(0.0 - m) / s for m, s in zip(pre.mean, pre.std)]
+    highs = [(1.0 - m) / s for m, s in zip(pre.mean, pre.std)]
+    return min(lows), max(highs)
+
+
+# Room beyond the normalised range for a float input: a sharpening resize (LANCZOS, bicubic)
+# of normalised pixels overshoots by a fraction of the range (about 10 % at a hard edge);
+# 0..255 pixels are a hundred times outside it.
+FLOAT_INPUT_MARGIN = 1.0
+
+
+def _check_normalised(images: Tensor, pre: Preprocessing) -> None:
+    """Raise if a float ``N x 3 x H x W`` input is far outside the normalised pixel range."""
+    low, high = _normalised_range(pre)
+    top, bottom = float(images.max()), float(images.min())
+    if top > high + FLOAT_INPUT_MARGIN or bottom < low - FLOAT_INPUT_MARGIN:
+        raise DataError(
+            f"inputs: float tensor is not normalised: its values span {bottom:.4g}..{top:.4g}, "
+            f"but normalised pixels ((x / 255 - mean) / std) lie within {low:.2f}..{high:.2f}; "
+            "pass 0..255 pixels as uint8 (N x H x W x 3) or normalise them first"
+        )
+
+
 def _check_finite_input(images: Tensor) -> None:
     """Raise if a float ``N x 3 x H x W`` input holds NaN or infinity (naming the image)."""
     finite = torch.isfinite(images).flatten(1).all(dim=1)  # N
@@ -244,6 +310,7 @@ class Embedder:
                     "(or files / PIL images) to have them resized"
                 )
             _check_finite_input(inputs)
+            _check_normalised(inputs, pre)
             return inputs.to(self.device, torch.float32)
         if isinstance(inputs, (Tensor, np.ndarray)):
             array = inputs.cpu().numpy() if isinstance(inputs, Tensor) else inputs
@@ -319,10 +386,18 @@ class Embedder:
         Returns:
             ``N x D`` float32 L2-normalised embeddings on the CPU; with ``return_masks``, also
             ``N x H_z x W_z`` int64 masks (0 = background, 1..P = body parts top to bottom).
+
+        Raises:
+            DataError: Inputs of a kind it cannot batch (generator, dict, meta tensor), a
+                float tensor that is not normalised (0..255 values) or not finite, or an
+                image that cannot be read.
+            ConfigError: ``batch_size`` is not an integer >= 1, or a flag is not a bool.
         """
         check_modality(modality)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
+        flip = check_flag("flip", flip)
+        return_masks = check_flag("return_masks", return_masks)
+        check_inputs(inputs)
         if isinstance(inputs, Tensor) and inputs.is_floating_point() and inputs.ndim == 4:
             _check_finite_input(inputs)  # here, so that the image index counts from the start
         batches = _chunks(inputs, batch_size)
@@ -376,8 +451,8 @@ class Embedder:
             ``(paths of the chunk, B x D float32 CPU embeddings)``, in input order.
         """
         check_modality(modality)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
+        flip = check_flag("flip", flip)
         chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
         size = self.preprocessing.size
 

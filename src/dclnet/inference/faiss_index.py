@@ -5,6 +5,12 @@ A FAISS index folder holds ``meta.json`` (as an exact index) and ``index.faiss``
 (``METRIC_INNER_PRODUCT``), so FAISS's scores are the cosine similarities the exact backend
 computes (approximated by the index's encoding, e.g. PQ codes).
 
+Factory strings are checked before any embedding: a part that changes the vectors (PCA,
+padding, a dimension-reducing rotation) or numbers them itself (``IDMap``) is refused, since
+scores would no longer be the cosines of the exact backend or ids no longer gallery rows.
+Search parameters are checked against their range (``efSearch`` 1..2^20, ``nprobe`` 1..the
+index's number of lists).
+
 FAISS is imported on first use; without it every entry point raises one
 :class:`~dclnet.errors.DclnetError` line saying ``pip install "dclnet[faiss]"``. A GPU build of
 FAISS is used when it sees a GPU (k-means training, search) and is never required.
@@ -31,6 +37,8 @@ EXAMPLES = '"Flat", "HNSW32", "IVF1024,SQ8", "IVF1024,PQ512x4fs"'
 RECOMMENDED = "IVF1024,SQ8"  # the setting docs/search.md recommends, from its measurements
 NPROBE_FRACTION = 8  # default nprobe: nlist / 8 of the IVF lists visited per query
 DEFAULT_EF_SEARCH = 128  # HNSW candidate list size unless --ef-search says otherwise
+MAX_EF_SEARCH = 1 << 20  # HNSW candidate lists beyond this only cost memory (FAISS: an int)
+MAX_NPROBE = 1 << 20  # IVF lists visited; also at most the index's own number of lists
 MIN_TRAIN = 65_536  # training sample floor (PQ: 256 centroids per sub-quantizer)
 TRAIN_PER_LIST = 40  # IVF: FAISS warns below 39 training vectors per list
 
@@ -81,6 +89,7 @@ def new_index(dim: int, factory: str) -> Any:
             f"--faiss {factory!r} is not a valid FAISS index string for {dim}-d embeddings "
             f"({_reason(exc)}); examples: {EXAMPLES}"
         ) from None
+    _check_cosine(faiss, index, factory)
     for part in (faiss.try_extract_index_ivf(index), _inner(index)):
         part = faiss.downcast_index(part) if part is not None else None
         if hasattr(part, "do_polysemous_training"):  # slow, and only for Hamming filtering
@@ -89,6 +98,45 @@ def new_index(dim: int, factory: str) -> Any:
     nprobe = default_nprobe(ivf.nlist) if ivf is not None else None
     set_search_params(index, nprobe, DEFAULT_EF_SEARCH, strict=False)
     return index
+
+
+# Pre-transforms that keep inner products (orthogonal, square) or only L2-normalise.
+_KEEPS_COSINE = ("OPQMatrix", "RandomRotationMatrix", "NormalizationTransform")
+
+
+def _cosine_problem(faiss: Any, index: Any) -> str | None:
+    """Why ``index`` would not return cosine similarities of gallery rows, or ``None``."""
+    index = faiss.downcast_index(index)
+    name = type(index).__name__
+    if "IDMap" in name:
+        return f"{name} numbers the vectors itself (dclnet's ids are gallery rows); drop 'IDMap'"
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return f"{name} does not compare by inner product"
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            kind = type(vt).__name__
+            if kind not in _KEEPS_COSINE or vt.d_in != vt.d_out:
+                return (
+                    f"{kind} changes the vectors ({vt.d_in}-d -> {vt.d_out}-d, not a rotation), "
+                    "so scores would not be their cosine similarities"
+                )
+        return _cosine_problem(faiss, index.index)
+    if isinstance(index, faiss.IndexRefine):
+        return _cosine_problem(faiss, index.base_index) or _cosine_problem(
+            faiss, index.refine_index
+        )
+    return None
+
+
+def _check_cosine(faiss: Any, index: Any, factory: str) -> None:
+    """Refuse a factory whose index would not score by cosine or not keep dclnet's ids."""
+    problem = _cosine_problem(faiss, index)
+    if problem is not None:
+        raise DclnetError(
+            f"--faiss {factory!r} cannot serve cosine search of gallery rows: {problem}; "
+            f"use a string without it (rotations OPQ/RR keep cosines), e.g. {EXAMPLES}"
+        )
 
 
 def default_train_size(index: Any, count: int) -> int:
@@ -202,7 +250,9 @@ def set_search_params(
     """Set IVF ``nprobe`` and/or HNSW ``efSearch`` (``None``: leave as saved).
 
     Raises:
-        DclnetError: With ``strict``, a parameter the index does not have (nprobe on HNSW).
+        DclnetError: A value out of range (``efSearch`` above :data:`MAX_EF_SEARCH`,
+            ``nprobe`` above the index's lists), or, with ``strict``, a parameter the index
+            does not have (nprobe on HNSW).
     """
     faiss = import_faiss()
     space = getattr(faiss, "GpuParameterSpace", faiss.ParameterSpace)()
@@ -212,6 +262,7 @@ def set_search_params(
             continue
         if value < 1:
             raise DclnetError(f"{flag} must be >= 1 (got {value})")
+        _check_upper(faiss, index, name, flag, value)
         try:
             space.set_index_parameter(index, name, value)
         except RuntimeError:
@@ -220,6 +271,24 @@ def set_search_params(
                 raise DclnetError(
                     f"{flag} applies to {kind} indexes only; this FAISS index is {describe(index)}"
                 ) from None
+
+
+def _check_upper(faiss: Any, index: Any, name: str, flag: str, value: int) -> None:
+    """Refuse ``efSearch`` / ``nprobe`` values beyond what the index can use."""
+    if name == "efSearch" and value > MAX_EF_SEARCH:
+        raise DclnetError(
+            f"{flag} must be at most {MAX_EF_SEARCH} (got {value}): a longer candidate list "
+            "only costs memory (FAISS stores it as a C int)"
+        )
+    if name == "nprobe":
+        ivf = faiss.try_extract_index_ivf(index)
+        top = int(ivf.nlist) if ivf is not None else MAX_NPROBE
+        if value > top:
+            lists = f" (this index has {top} lists)" if ivf is not None else ""
+            raise DclnetError(
+                f"{flag} must be at most {top}{lists}, got {value}; --nprobe {top} already "
+                "visits every list"
+            )
 
 
 def search_params(index: Any) -> dict[str, int]:

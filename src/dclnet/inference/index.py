@@ -14,6 +14,11 @@ refused, since its embeddings live in a different space. The exact backend never
 in chunks). The faiss backend (:mod:`dclnet.inference.faiss_index`, an optional extra)
 answers approximately, from compressed codes or a graph. Galleries are embedded into index
 folders by :mod:`dclnet.inference.indexing`.
+
+Every writer of an index folder holds :func:`index_lock` (the file ``.INDEX.lock`` beside
+``INDEX``), so that two appends, or an append and a rebuild, one after the other rather than
+both from the same old index (which would lose the rows of one of them). A loaded index is
+checked: paths unique and below the gallery root, exact-backend rows finite with norm 1.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -34,9 +40,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dclnet.data.imageio import special_file_reason
 from dclnet.data.records import MODALITIES, check_modality
+from dclnet.data.sources.common import escapes_root
 from dclnet.errors import DataError, DclnetError
-from dclnet.fileio import dir_mode
+from dclnet.fileio import atomic_write, dir_mode, file_lock, refuse_link
 from dclnet.inference import faiss_index
 from dclnet.inference.api import Embedder
 from dclnet.inference.topk import NonFiniteError, check_finite_queries, topk_search
@@ -48,6 +56,9 @@ INDEX_FORMAT = "dclnet-index"
 INDEX_VERSION = 2  # 2 added "backend" (exact | faiss); version 1 folders are exact
 BACKENDS = ("exact", "faiss")
 COPY_ROWS = 16_384  # rows copied at once (128 MB at 2048-d)
+# |norm - 1| allowed for a stored row: float32 F.normalize is off by ~1e-7; even a float16
+# normalisation stays below 1e-3, while an edited row (x 1000, zeros) is far outside.
+NORM_TOLERANCE = 1e-3
 
 __all__ = ["topk_search"]  # re-exported: the pure ranking behind GalleryIndex.topk
 
@@ -56,16 +67,18 @@ def list_images(root: str | Path) -> list[str]:
     """Image files below ``root`` (recursively), relative with '/' separators, sorted.
 
     Raises:
-        DataError: ``root`` is not a directory or holds no image file.
+        DataError: ``root`` is not a directory or holds no image file, or an image name
+            is not a regular file (a FIFO, a device, a dangling link): leaving it out would
+            silently shrink the gallery.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; pass a folder of images")
-    found = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    named = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    for p in named:
+        if not p.is_file() and not p.is_dir():
+            raise DataError(f"{p}: {special_file_reason(p)}")
+    found = sorted(p.relative_to(root).as_posix() for p in named if p.is_file())
     if not found:
         raise DataError(
             f"{root} holds no image files ({' '.join(IMAGE_EXTENSIONS)}, searched recursively)"
@@ -227,8 +240,55 @@ class GalleryIndex:
         return torch.from_numpy(scores), torch.from_numpy(ids.astype(np.int64))
 
 
+def lock_path(folder: str | Path) -> Path:
+    """The lock file of the index folder ``folder``: ``.<name>.lock`` beside it."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextmanager
+def index_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the index folder's write lock (waiting for it) for the block.
+
+    Every writer of ``folder`` holds it: :func:`save_index`,
+    :func:`~dclnet.inference.indexing.write_index` and
+    :func:`~dclnet.inference.indexing.append_index` take it themselves, and the reading of
+    the old index that an append extends happens inside it, so concurrent appends add their
+    rows one after the other and none is lost. A long-running process (a search service)
+    that appends or rebuilds must take it too, around its read-modify-write::
+
+        with index_lock(path):
+            index = load_index(path)  # read inside the lock, never before it
+            ...  # change it
+            save_index_locked(index, path)
+
+    It is an advisory ``flock`` on ``.<name>.lock`` beside the folder (the folder itself is
+    replaced atomically, so it cannot carry the lock); the file is never opened through a
+    symbolic link and is deleted when released. The lock is not re-entrant: do not call a
+    function that takes it while holding it (use :func:`save_index_locked`).
+    """
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path, blocking=False) as free:
+        if free:
+            yield
+            return
+    logger.info("waiting for %s: another process is writing index %s", path, folder)
+    with file_lock(path):
+        yield
+
+
 def save_index(index: GalleryIndex, output: str | Path) -> None:
-    """Write an in-memory index to the directory ``output`` (atomically, like write_index)."""
+    """Write an in-memory index to the directory ``output`` (atomically, like write_index).
+
+    Takes :func:`index_lock`; a caller already holding it uses :func:`save_index_locked`.
+    """
+    with index_lock(output):
+        save_index_locked(index, output)
+
+
+def save_index_locked(index: GalleryIndex, output: str | Path) -> None:
+    """:func:`save_index` for a caller that holds :func:`index_lock` of ``output``."""
     with atomic_index_dir(output) as tmp:
         if index.ann is None:
             with open(tmp / "embeddings.npy", "wb") as fh:
@@ -240,13 +300,33 @@ def save_index(index: GalleryIndex, output: str | Path) -> None:
         write_json_fsync(tmp / "meta.json", index.meta_json())
 
 
+def _remove_leftovers(output: Path) -> None:
+    """Delete the hidden temporary folders that killed writes of ``output`` left beside it.
+
+    Only names :func:`tempfile.mkdtemp` gave them here (``.<name>.<8 chars>.tmp|.old``), so
+    another index's (``.<name>2.*``) or anyone else's files are never touched. Called with
+    :func:`index_lock` held, so no live writer's folder is among them.
+    """
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.[a-z0-9_]{{8}}\.(tmp|old)")
+    for stale in output.parent.iterdir():
+        if pattern.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
+            logger.info("removing %s, left by an index write that did not finish", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def atomic_index_dir(output: str | Path) -> Iterator[Path]:
-    """A temporary folder next to ``output`` that replaces it when the block succeeds."""
+    """A temporary folder next to ``output`` that replaces it when the block succeeds.
+
+    The caller holds :func:`index_lock` of ``output``; leftovers of earlier killed writes
+    are removed first.
+    """
     output = Path(output)
     if output.exists() and not (output / "meta.json").is_file():
         raise DataError(f"{output} exists and is not a dclnet index; choose a new --output path")
+    refuse_link(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(output)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would become the index folder's mode
@@ -312,15 +392,37 @@ def _read_meta(path: Path) -> dict[str, Any]:
     for ok, problem in checks:
         if not ok:
             raise DataError(f"{meta_path}: {problem}; {fix}")
+    _check_paths(meta_path, meta["paths"], fix)
     return meta
+
+
+def _check_paths(meta_path: Path, paths: list[str], fix: str) -> None:
+    """Each path once, relative and below the gallery root (a result is read as root/path)."""
+    outside = next((p for p in paths if escapes_root(p)), None)
+    if outside is not None:
+        raise DataError(
+            f"{meta_path}: path {outside!r} lies outside the gallery root (absolute, or its "
+            f"'..' climb above it); {fix}"
+        )
+    if len(set(paths)) != len(paths):
+        first: dict[str, int] = {}
+        for row, p in enumerate(paths):
+            if p in first:
+                raise DataError(
+                    f"{meta_path}: path {p!r} is listed twice (rows {first[p]} and {row}); {fix}"
+                )
+            first[p] = row
 
 
 def _faiss_meta_ok(value: Any) -> bool:
     """``{"factory": str, "nprobe": int, "efSearch": int, ...}`` (the last two optional)."""
     if not isinstance(value, dict) or not isinstance(value.get("factory", ""), str):
         return False
-    params = [value[k] for k in ("nprobe", "efSearch") if k in value]
-    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in params)
+    limits = {"nprobe": faiss_index.MAX_NPROBE, "efSearch": faiss_index.MAX_EF_SEARCH}
+    params = [(value[k], limits[k]) for k in limits if k in value]
+    return all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= top for v, top in params
+    )
 
 
 def load_index(path: str | Path, mmap: bool = True, *, gpu: bool = True) -> GalleryIndex:
@@ -377,7 +479,32 @@ def _load_embeddings(npy: Path, meta: dict[str, Any], mmap: bool) -> np.ndarray:
             f"{getattr(embeddings, 'shape', '?')} but meta.json says {want[0]} paths x "
             f"{want[1]}-d float32; rebuild the index"
         )
+    _check_rows(npy, embeddings, meta["paths"])
     return embeddings
+
+
+def _check_rows(npy: Path, rows: np.ndarray, paths: list[str]) -> None:
+    """Every row finite and of norm 1 (L2-normalised, as written), read in chunks.
+
+    An edited or damaged row would otherwise rank with a score that is no cosine (a row
+    x 1000 first with +947, a zero row at 0 for every query). One pass over the file.
+    """
+    for start in range(0, rows.shape[0], COPY_ROWS):
+        block = np.asarray(rows[start : start + COPY_ROWS])
+        norms = np.sqrt(np.square(block, dtype=np.float64).sum(axis=1))  # chunk
+        bad = ~(np.abs(norms - 1.0) <= NORM_TOLERANCE)  # NaN counts as bad
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            norm = norms[row - start]
+            what = (
+                "is NaN or infinite"
+                if not np.isfinite(block[row - start]).all()
+                else f"has norm {norm:.4g}, not 1 (stored embeddings are L2-normalised)"
+            )
+            raise DataError(
+                f"{npy}: the vector of {paths[row]} (row {row}) {what}; rebuild the index "
+                "(dclnet index)"
+            )
 
 
 def truncate_rows(rows: np.ndarray, n: int, path: Path) -> None:
@@ -485,13 +612,16 @@ def write_results(
     json_path: Path | None = None,
     csv_path: Path | None = None,
 ) -> None:
-    """Write JSON (see :func:`results_json`) and/or CSV rows ``query,rank,path,score``."""
+    """Write JSON (see :func:`results_json`) and/or CSV rows ``query,rank,path,score``.
+
+    Each file is replaced atomically (:func:`dclnet.fileio.atomic_write`): a reader sees the
+    old or the new file, a full disk is one line naming it, and a link there is refused.
+    """
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results_json(results, root), indent=1) + "\n")
+        with atomic_write(json_path) as fh:
+            fh.write(json.dumps(results_json(results, root), indent=1) + "\n")
     if csv_path is not None:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_write(csv_path, newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["query", "rank", "path", "score"])
             for r in results:

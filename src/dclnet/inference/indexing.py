@@ -3,8 +3,10 @@
 :func:`write_index` embeds every image below a folder straight to a memory-mapped file, then
 either keeps it (exact backend) or trains and fills a FAISS index from it in chunks (faiss
 backend); :func:`append_index` embeds only the images an index does not hold yet. Both
-replace the index folder atomically. :func:`build_index` embeds into memory, for a search
-that saves nothing.
+replace the index folder atomically, holding the index's lock
+(:func:`~dclnet.inference.index.index_lock`): concurrent appends run one after the other,
+each extending the index the previous one wrote. :func:`build_index` embeds into memory, for
+a search that saves nothing.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from dclnet.data.records import check_modality
 from dclnet.errors import DataError, DclnetError
 from dclnet.fileio import require_free_space
 from dclnet.inference import faiss_index
-from dclnet.inference.api import Embedder
+from dclnet.inference.api import Embedder, check_flag
 from dclnet.inference.index import (
     BACKENDS,
     COPY_ROWS,
     GalleryIndex,
     atomic_index_dir,
+    index_lock,
     list_images,
     load_index,
     truncate_rows,
@@ -111,6 +114,7 @@ def build_index(
 ) -> GalleryIndex:
     """Embed every image below ``root`` into an in-memory exact index (see :func:`write_index`)."""
     check_modality(modality)
+    flip = check_flag("flip", flip)
     root = Path(root)
     rel = list_images(root)
     rows = np.empty((len(rel), embedder.embed_dim), dtype=np.float32)
@@ -158,6 +162,7 @@ def write_index(
         The written index, loaded (memory-mapped for the exact backend).
     """
     check_modality(modality)
+    flip = check_flag("flip", flip)
     if backend not in BACKENDS:
         raise DclnetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if factory is not None and backend != "faiss":
@@ -167,7 +172,7 @@ def write_index(
     if backend == "faiss":  # fail on a missing extra or a bad string before embedding
         factory = factory or faiss_index.default_factory(len(rel))
         faiss_index.new_index(embedder.embed_dim, factory)
-    with atomic_index_dir(output) as tmp:
+    with index_lock(output), atomic_index_dir(output) as tmp:
         npy = tmp / "embeddings.npy"
         rows = _open_rows(npy, len(rel), embedder.embed_dim)
         options = dict(batch_size=batch_size, flip=flip, workers=workers, skip_corrupt=skip_corrupt)
@@ -227,6 +232,30 @@ def append_index(
         DclnetError: ``embedder`` is another model than the one that built the index, the
             modality differs, or ``images`` lies outside the gallery root.
     """
+    with index_lock(output):  # the old index is read inside the lock: no append is lost
+        return _append_locked(
+            embedder,
+            Path(output),
+            images,
+            modality=modality,
+            options=dict(
+                batch_size=batch_size,
+                workers=workers,
+                skip_corrupt=skip_corrupt,
+                progress=progress,
+            ),
+        )
+
+
+def _append_locked(
+    embedder: Embedder,
+    output: Path,
+    images: str | Path | None,
+    *,
+    modality: str | None,
+    options: dict[str, Any],
+) -> tuple[GalleryIndex, int]:
+    """:func:`append_index` with the index's lock held."""
     old = load_index(output, gpu=False)
     old.check_model(embedder, where=f"index {output}")
     if modality is not None and modality != old.modality:
@@ -249,13 +278,7 @@ def append_index(
     ]
     if not new:
         return old, 0
-    options = dict(
-        batch_size=batch_size,
-        flip=old.flip,
-        workers=workers,
-        skip_corrupt=skip_corrupt,
-        progress=progress,
-    )
+    options = {**options, "flip": old.flip}
     meta = old.meta_json()
     with atomic_index_dir(output) as tmp:
         kept = _append_rows(embedder, old, root, new, tmp, options)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dclnet.data.imageio import load_image
+from dclnet.data.sources.common import escapes_root
 from dclnet.errors import DataError, DclnetError
 from dclnet.fileio import atomic_path
 
@@ -150,15 +151,39 @@ RANK_HEADER = 0.55  # inches above the grid: title and frame legend
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Entries of a ``dclnet search --json`` file."""
+    """Entries of a ``dclnet search --json`` file.
+
+    Raises:
+        DataError: Unreadable, not a results file, or a gallery path that lies outside the
+            gallery root (absolute, or ``..`` climbing above it): the picture reads
+            ``root / path``, and an edited file must not make it read anything else.
+    """
     path = Path(path)
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read search results {path}: {exc}") from None
-    if not isinstance(entries, list) or not all("query" in e and "results" in e for e in entries):
+    shape_ok = isinstance(entries, list) and all(
+        isinstance(e, dict) and "query" in e and isinstance(e.get("results"), list) for e in entries
+    )
+    if not shape_ok:
         raise DataError(f"{path}: not a `dclnet search --json` file (list of query/results)")
+    check_gallery_paths(entries, str(path))
     return entries
+
+
+def check_gallery_paths(entries: Sequence[dict[str, Any]], where: str) -> None:
+    """Raise unless every result path is a string below its gallery root."""
+    for entry in entries:
+        for hit in entry["results"]:
+            rel = hit.get("path") if isinstance(hit, dict) else None
+            if not isinstance(rel, str):
+                raise DataError(f"{where}: a result of {entry['query']} has no path string")
+            if escapes_root(rel):
+                raise DataError(
+                    f"{where}: gallery path {rel!r} lies outside the gallery root (absolute, or "
+                    "its '..' climb above it); use the results `dclnet search --json` wrote"
+                )
 
 
 def plot_ranks(results: Sequence[dict[str, Any]], output: str | Path, **options: Any) -> Path:
@@ -197,6 +222,7 @@ def ranks_figure(
     rows = list(results)[:max_queries]
     if not rows:
         raise DataError("no queries to draw: the search results are empty")
+    check_gallery_paths(rows, "search results")
     k = min(topk, max(len(e["results"]) for e in rows))
     width, height = RANK_CELL[0] * (1 + k), RANK_CELL[1] * len(rows) + RANK_HEADER
     fig = new_figure(width, height)

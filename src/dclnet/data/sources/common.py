@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from dclnet.data.imageio import special_file_reason
 from dclnet.errors import DataError
 
 #: File-name suffixes that count as images when a folder is listed (case-insensitive).
@@ -130,6 +131,27 @@ def read_id_file(path: Path) -> list[int]:
     return ids
 
 
+def escapes_root(relative: str) -> bool:
+    """Whether a ``/``-separated path meant to be relative to a root points outside it.
+
+    Absolute paths and paths whose ``..`` components climb above the root do; the check is
+    on the text (symbolic links inside the root are followed as usual: a data set may be
+    linked in from another disk).
+    """
+    path = relative.replace("\\", "/")
+    if path.startswith("/"):
+        return True
+    depth = 0
+    for part in path.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
 def _clean_relative(raw: str) -> str:
     path = raw.replace("\\", "/")
     while path.startswith("./"):
@@ -170,6 +192,11 @@ def read_index_file(path: Path, root: Path) -> list[IndexEntry]:
             raise DataError(
                 f"{path}:{number}: {fields[0]!r} is absolute; expected a path relative to {root}"
             )
+        if escapes_root(relative):
+            raise DataError(
+                f"{path}:{number}: {fields[0]!r} lies outside the root {root} (its '..' climb "
+                "above it); list only images below the root"
+            )
         if relative in first_line:
             raise DataError(
                 f"{path}:{number}: {relative} is listed again (first on line "
@@ -199,13 +226,16 @@ def _check_entries_exist(index: Path, root: Path, entries: list[IndexEntry]) -> 
 
 
 def _image_entry_state(entry: os.DirEntry) -> str:
-    """``"image"``, ``"broken"`` (an image name on a dangling link or a link loop) or ``""``."""
+    """``"image"``, ``"broken"`` (an image name on a dangling link or a link loop),
+    ``"special"`` (an image name on a FIFO, device or socket) or ``""``."""
     if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES):
         return ""
     try:
         if entry.is_file():
             return "image"
-        return "broken" if entry.is_symlink() and not os.path.exists(entry.path) else ""
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            return "broken"
+        return "" if entry.is_dir() else "special"
     except OSError:  # a symbolic-link loop cannot be followed
         return "broken"
 
@@ -214,9 +244,10 @@ def list_images(directory: Path) -> list[str]:
     """Sorted names of the image files directly inside ``directory`` (hidden files skipped).
 
     Raises:
-        DataError: an image name is a broken symbolic link (dangling, or a loop): leaving it
-            out would silently change the protocol lists; or an image's file name is not
-            valid UTF-8 (it could not be written to a list, cache or results file).
+        DataError: an image name is a broken symbolic link (dangling, or a loop) or not a
+            regular file (a FIFO, a link to ``/dev/zero``): leaving it out would silently
+            change the protocol lists; or an image's file name is not valid UTF-8 (it could
+            not be written to a list, cache or results file).
     """
     with os.scandir(directory) as scan:
         states = {entry.name: _image_entry_state(entry) for entry in scan}
@@ -228,6 +259,11 @@ def list_images(directory: Path) -> list[str]:
             f"{link}{more}: broken symbolic link (to {os.readlink(link)!r}); restore its "
             "target or remove it"
         )
+    special = sorted(name for name, state in states.items() if state == "special")
+    if special:
+        path = Path(directory) / special[0]
+        more = f" (and {len(special) - 1} more)" if len(special) > 1 else ""
+        raise DataError(f"{path}{more}: {special_file_reason(path)}")
     names = [name for name, state in states.items() if state == "image"]
     for name in names:
         try:
