@@ -7,8 +7,12 @@ backbone files (``*.pt``, see :mod:`dclnet.engine.synthetic_pretrain`). Each ima
 each file in ``pretrained/`` is one *entry*, named by its path relative to the cache
 directory (``sysu-train-288x144-0123456789abcdef``, ``pretrained/synthetic-...pt``).
 
-Deleting is confined to the cache directory: every entry is checked to lie directly inside
-it after resolving, a symbolic link is removed as a link (never followed) and refused when it
+Deleting is confined to what dclnet wrote: an image folder is recognised by its
+``meta.json`` (the cache's own metadata) or, while being built, by its name
+(``<name>-<H>x<W>-<16 hex digits>``), a pretrained entry by its ``.pt`` name; anything else
+(``other``) is listed but never deleted, and a folder holding nothing dclnet wrote is refused
+as "not a dclnet cache". Every entry is checked to lie directly inside the cache directory
+after resolving, a symbolic link is removed as a link (never followed) and refused when it
 points outside, and an image folder whose build lock is held by another process is skipped.
 Without ``--yes``, ``clear`` only prints what it would delete.
 """
@@ -19,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -31,6 +36,11 @@ from dclnet.errors import DclnetError
 PRETRAINED = "pretrained"
 _META = "meta.json"
 _LOCK = ".lock"
+# Folder names cache.py gives image caches: <safe name>-<H>x<W>-<first 16 hex of the key hash>.
+_IMAGE_FOLDER = re.compile(r"[A-Za-z0-9_.-]+-[0-9]+x[0-9]+-[0-9a-f]{16}")
+# What dclnet writes into pretrained/: weight files and, while writing, hidden temp files.
+_PRETRAINED_FILE = re.compile(r"[^/]+\.pt|\.[^/]+\.tmp")
+DCLNET_KINDS = ("images", "incomplete", "pretrained")  # entries dclnet wrote (links aside)
 
 
 @dataclass(frozen=True)
@@ -40,9 +50,10 @@ class CacheEntry:
     Attributes:
         name: Path relative to the cache directory, ``/``-separated.
         path: Absolute path (not resolved: a link stays a link).
-        kind: ``"images"`` (a folder with ``meta.json``), ``"incomplete"`` (an image folder
-            without one: being built, or left by a crash), ``"pretrained"`` (a file in
-            ``pretrained/``), ``"link"`` (a symbolic link) or ``"other"``.
+        kind: ``"images"`` (a folder with the cache's ``meta.json``), ``"incomplete"`` (a
+            folder named like an image cache without one: being built, or left by a crash),
+            ``"pretrained"`` (a ``.pt`` file in ``pretrained/``), ``"link"`` (a symbolic
+            link) or ``"other"`` (not written by dclnet: never deleted).
         nbytes: Bytes on disk of the files inside (links not followed).
         modified: Latest modification time (seconds since the epoch) of the entry or any
             file inside it.
@@ -84,9 +95,12 @@ def _walk_size(path: Path) -> tuple[int, float]:
 
 
 def _meta_details(folder: Path) -> str | None:
-    """``"<name> root=<root> size=<H>x<W> images=<n>"`` from ``meta.json``; None if absent."""
+    """``"<name> root=<root> size=<H>x<W> images=<n>"`` from ``meta.json``; None if absent.
+
+    ``"meta.json unreadable"`` when the file is there but not what the cache writes.
+    """
     meta_path = folder / _META
-    if not meta_path.is_file():
+    if not meta_path.is_file() or meta_path.is_symlink():
         return None
     try:
         meta = json.loads(meta_path.read_text())
@@ -107,13 +121,18 @@ def _entry(cache_dir: Path, path: Path) -> CacheEntry:
         return CacheEntry(name, path, "link", st.st_size, st.st_mtime, f"-> {os.readlink(path)}")
     nbytes, modified = _walk_size(path)
     if name.startswith(f"{PRETRAINED}/"):
-        return CacheEntry(name, path, "pretrained", nbytes, modified)
+        if path.is_file() and _PRETRAINED_FILE.fullmatch(path.name):
+            return CacheEntry(name, path, "pretrained", nbytes, modified)
+        return CacheEntry(name, path, "other", nbytes, modified, "not a dclnet weights file")
     if path.is_dir():
         details = _meta_details(path)
-        if details is None:
-            return CacheEntry(name, path, "incomplete", nbytes, modified, "no meta.json")
+        named = _IMAGE_FOLDER.fullmatch(path.name) is not None
+        if details is None or (details == "meta.json unreadable" and not named):
+            if named:
+                return CacheEntry(name, path, "incomplete", nbytes, modified, "no meta.json")
+            return CacheEntry(name, path, "other", nbytes, modified, "not written by dclnet")
         return CacheEntry(name, path, "images", nbytes, modified, details)
-    return CacheEntry(name, path, "other", nbytes, modified)
+    return CacheEntry(name, path, "other", nbytes, modified, "not written by dclnet")
 
 
 def list_entries(cache_dir: Path | str | None = None) -> list[CacheEntry]:
@@ -189,7 +208,12 @@ def _inside(cache_dir: Path, path: Path) -> bool:
 
 
 def check_removable(cache_dir: Path, entry: CacheEntry) -> None:
-    """Raise unless removing ``entry`` can only touch things inside ``cache_dir``."""
+    """Raise unless ``entry`` is dclnet's and removing it only touches ``cache_dir``."""
+    if entry.kind == "other":
+        raise DclnetError(
+            f"{entry.path}: not written by dclnet (no cache metadata, not a cache name); not "
+            "deleted (remove it yourself if you mean it)"
+        )
     parent = entry.path.parent.resolve()  # a linked-away pretrained/ resolves elsewhere
     if parent not in (cache_dir, cache_dir / PRETRAINED) or entry.path.name in ("", ".", ".."):
         raise DclnetError(f"{entry.path}: not inside the cache directory {cache_dir}; not deleted")
@@ -256,12 +280,27 @@ def cmd_cache_list(args: argparse.Namespace) -> None:
     print(f"{len(entries)} entries, {format_bytes(total)} ({total} bytes) in {cache_dir}")
 
 
+def check_is_cache(cache_dir: Path, entries: Sequence[CacheEntry]) -> None:
+    """Refuse a non-empty folder where dclnet wrote nothing (a mistyped ``--cache-dir``)."""
+    if entries and not any(e.kind in DCLNET_KINDS for e in entries):
+        names = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise DclnetError(
+            f"{cache_dir} is not a dclnet cache: none of its {len(entries)} entries ({names}) "
+            "was written by dclnet; nothing deleted (pass --cache-dir the cache folder)"
+        )
+
+
 def cmd_cache_clear(args: argparse.Namespace) -> None:
     cache_dir = resolve_cache_dir(args.cache_dir)
     entries = list_entries(cache_dir)
+    check_is_cache(cache_dir, entries)
     chosen = select_entries(entries, args.names, args.all, cache_dir)
+    foreign = [e.name for e in chosen if e.kind == "other"] if args.all else []
+    if args.all:  # --all: every entry dclnet wrote; the rest stays (and is named)
+        chosen = [e for e in chosen if e.kind != "other"]
     if not chosen:
         print(f"nothing to delete in {cache_dir}")
+        _report_foreign(foreign)
         return
     for entry in chosen:
         check_removable(cache_dir, entry)  # refuse before deleting anything
@@ -286,8 +325,14 @@ def cmd_cache_clear(args: argparse.Namespace) -> None:
     if pretrained.is_dir() and not pretrained.is_symlink() and not any(pretrained.iterdir()):
         pretrained.rmdir()
     print(f"freed {format_bytes(freed)} in {cache_dir}")
+    _report_foreign(foreign)
     if busy:
         raise DclnetError(f"{len(busy)} entries in use were not deleted: {', '.join(busy)}")
+
+
+def _report_foreign(names: Sequence[str]) -> None:
+    if names:
+        print(f"left {len(names)} entries dclnet did not write: {', '.join(names)}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
