@@ -26,8 +26,9 @@ from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.run_data import load_eval_data_for
+from dclnet.engine.run_folder import LOCK_NAME
 from dclnet.engine.train import check_weights, fit, resolve_device
-from dclnet.errors import CheckpointError, ConfigError, DclnetError
+from dclnet.errors import CheckpointError, ConfigError, DclnetError, TrainingError
 from dclnet.evaluation.protocols import METRIC_KEYS, ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
 
@@ -127,9 +128,36 @@ def _parse_trial(trial: str | None) -> int | None:
     return value
 
 
+TRIAL_ALL_FILES = (*(f"trial{t}" for t in range(1, 11)), "summary.json")
+
+
+def check_trial_all_folder(output: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a used ``--trial all`` folder unless ``resume`` or ``overwrite``, as for one run.
+
+    Without either, finished trials would be skipped and the old run's summary reported as
+    if new. ``overwrite`` redoes every trial but deletes nothing it did not write: another
+    file at the top of the folder is refused.
+    """
+    if resume or not output.is_dir():
+        return
+    present = sorted(p.name for p in output.iterdir() if p.name != LOCK_NAME)
+    foreign = [name for name in present if name not in TRIAL_ALL_FILES]
+    if foreign or (present and not overwrite):
+        listed = foreign or present
+        shown = ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
+        hint = (
+            "--overwrite redoes only the trials' own folders; choose another --output"
+            if overwrite
+            else "continue it with --resume, start over with --overwrite, or choose another "
+            "--output"
+        )
+        raise TrainingError(f"run folder {output} is not empty ({shown}): {hint}")
+
+
 def _train_all_trials(
     config, overrides, dataset, root, output: Path, resume: bool, overwrite: bool
 ) -> dict:
+    check_trial_all_folder(output, resume=resume, overwrite=overwrite)
     cfg = resolve_run_config(config, overrides, dataset=dataset, root=root)
     if cfg.data.dataset != "regdb":
         raise ConfigError(
@@ -139,7 +167,7 @@ def _train_all_trials(
     for t in range(1, 11):
         run_dir = output / f"trial{t}"
         done = run_dir / "test_results.json"
-        if done.is_file() and not overwrite:  # finished trials are redone only on --overwrite
+        if done.is_file() and not overwrite:  # here only with --resume (see the check above)
             logger.info("trial %d already finished (%s); skipping", t, done)
             trials.append(json.loads(done.read_text()))
             keep_model_only(run_dir / "last.pt")  # if a run stopped before slimming it
