@@ -4,6 +4,9 @@ One ``torch.multiprocessing.spawn`` of two ranks runs every check in :func:`_wor
 saves what it observed for the assertions made here in the parent process.
 """
 
+import copy
+import datetime
+import itertools
 import json
 import os
 import socket
@@ -28,6 +31,7 @@ from dclnet.engine.checkpoint import load_checkpoint
 from dclnet.engine.step import BatchPrefetcher, build_step_context, freeze_unused, train_step
 from dclnet.engine.train import fit, loss_kwargs
 from dclnet.evaluation.extract import extract_features
+from dclnet.losses.objective import ABLATIONS, LossWeights
 from dclnet.models.dclnet import DCLNet
 from dclnet.models.resnet import RandomInitWarning
 
@@ -284,3 +288,67 @@ def test_torchrun_cli_launch(tmp_path):
         "test_results.json",
     ]
     assert [e["epoch"] for e in _events(out) if e["event"] == "epoch"] == [1]
+
+
+# -- DDP with loss terms switched off ------------------------------------------------------
+
+
+def _weight_combinations() -> list[tuple[float, ...]]:
+    """(id, metric, part_id, pap, dcl) for every on/off combination except all off."""
+    return [tuple(map(float, on)) for on in itertools.product((0, 1), repeat=5)][1:]
+
+
+def _combinations_worker(rank: int, port: int, out: Path) -> None:
+    """One DDP step per combination of switched-off terms, on this rank's own batch; save the
+    reducer's state (finished or its error) and the trainable parameters' gradients."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", RandomInitWarning)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
+    )
+    try:
+        base = _tiny_net(2 * WORLD)
+        g = torch.Generator().manual_seed(rank)
+        vis, ir = (torch.randint(0, 256, (4, 32, 16, 3), dtype=torch.uint8, generator=g)
+                   for _ in range(2))  # fmt: skip
+        labels = torch.tensor([0, 0, 1, 1]) + 2 * rank
+        results = {}
+        for weights in _weight_combinations():
+            net = copy.deepcopy(base)
+            kwargs = {**ABLATIONS["full"], "weights": LossWeights(*weights)}
+            freeze_unused(net, kwargs["weights"])
+            trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+            opt = torch.optim.SGD([p for _, p in trainable], lr=0.0)
+            ctx = build_step_context(
+                net, opt, device=torch.device("cpu"), amp_dtype=None, loss_kwargs=kwargs,
+                augment=AugmentConfig(),
+            )  # fmt: skip
+            train_step(ctx, vis, ir, labels, torch.Generator().manual_seed(rank))
+            try:
+                ctx.model._check_reducer_finalized()  # what the next forward would raise
+                error = None
+            except RuntimeError as exc:
+                error = str(exc).splitlines()[0]
+            missing = [n for n, p in trainable if p.grad is None]
+            grads = torch.cat([p.grad.flatten() for _, p in trainable if p.grad is not None])
+            results[weights] = {"error": error, "missing": missing, "grads": grads}
+        torch.save(results, out / f"combinations_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_steps_with_any_loss_terms_switched_off(tmp_path):
+    """Every combination of loss.id/metric/part_id/pap/dcl weights at 0 trains under DDP
+    without find_unused_parameters: the reducer finishes (no "Expected to have finished
+    reduction" at the next step), every trainable parameter gets a gradient, and the
+    gradients are averaged (identical on both ranks, whose batches differ)."""
+    mp.spawn(_combinations_worker, args=(_free_port(), tmp_path), nprocs=WORLD, join=True)
+    r0, r1 = (torch.load(tmp_path / f"combinations_rank{r}.pt") for r in range(WORLD))
+    assert set(r0) == set(r1) == set(_weight_combinations())
+    failed = {w: (r0[w]["error"], r0[w]["missing"][:3]) for w in r0
+              if r0[w]["error"] or r0[w]["missing"] or r1[w]["error"]}  # fmt: skip
+    assert not failed, failed
+    for w in r0:
+        torch.testing.assert_close(r0[w]["grads"], r1[w]["grads"], rtol=0, atol=0, msg=str(w))
+        assert r0[w]["grads"].abs().sum() > 0, w

@@ -159,6 +159,71 @@ def test_metric_only_freezes_nothing_that_dcl_trains():
     assert still == {n for n in names if n.startswith(("visible.", "infrared."))}
 
 
+def _weight_combinations():
+    """Every on/off combination of the five loss terms except all off."""
+    from itertools import product
+
+    from dclnet.losses.objective import LossWeights
+
+    names = ("id", "metric", "part_id", "pap", "dcl")
+    return [LossWeights(**dict(zip(names, on))) for on in product((0.0, 1.0), repeat=5)][1:]
+
+
+def _reached_parameters(loss: torch.Tensor, net: torch.nn.Module) -> set[str]:
+    """Names of the parameters whose gradient accumulator is in ``loss``'s autograd graph
+    (those backward would give a gradient, and whose DDP hooks would fire)."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    reached, seen, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad
+            reached.add(names[id(node.variable)])
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return reached
+
+
+def test_frozen_parameters_are_exactly_those_no_enabled_term_reaches():
+    """For every combination of switched-off terms (what DDP needs without
+    find_unused_parameters): the parameters the enabled terms reach in the autograd graph of
+    an unfrozen network are exactly those freeze_unused leaves trainable (it freezes
+    unused_modules)."""
+    import dataclasses
+
+    from dclnet.losses.objective import dclnet_objective
+
+    torch.manual_seed(0)
+    net = DCLNet(10, arch="resnet18", pretrained=None)
+    vis, ir, labels = (t[:4] for t in _batch())
+    targets, erased = labels.repeat(2), torch.zeros(8, 64, 32, dtype=torch.bool)
+    out = net(*(x.permute(0, 3, 1, 2).float() / 255 for x in (vis, ir)))
+    always_frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    wrong = []
+    for weights in _weight_combinations():
+        kwargs = {**ABLATIONS["full"], "weights": weights}
+        losses = dclnet_objective(out, targets, erased, part_weight=net.cam_weight(), **kwargs)
+        reached = _reached_parameters(losses["total"], net)
+        unused = {id(p) for m in unused_modules(net, weights) for p in m.parameters()}
+        trainable = {n for n, p in net.named_parameters() if p.requires_grad} - {
+            n for n, p in net.named_parameters() if id(p) in unused
+        }
+        if reached != trainable or not trainable or trainable & always_frozen:
+            wrong.append((dataclasses.astuple(weights), sorted(reached ^ trainable)[:3]))
+    assert not wrong, wrong
+
+
+def test_all_loss_terms_off_is_refused():
+    from dclnet.errors import ConfigError
+    from dclnet.losses.objective import LossWeights
+
+    net = DCLNet(10, arch="resnet18", pretrained=None)
+    off = LossWeights(id=0.0, metric=0.0, part_id=0.0, pap=0.0, dcl=0.0)
+    with pytest.raises(ConfigError, match="every loss term is off"):
+        freeze_unused(net, off)
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_prefetcher_yields_batches_in_order(workers):
     data = load_train_data("synthetic", size=(64, 32), synthetic_ids=16)

@@ -8,6 +8,7 @@ exactly the step that training runs.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from dclnet.data.augment import AugmentConfig, augment_batch
 from dclnet.data.datasets import TrainData
 from dclnet.data.records import INFRARED, VISIBLE
 from dclnet.engine import distributed as dist_utils
+from dclnet.errors import ConfigError
 from dclnet.losses.objective import LossWeights, dclnet_objective
 from dclnet.models.dclnet import DCLNet
 
@@ -65,9 +67,20 @@ def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Gen
 def unused_modules(net: DCLNet, weights: LossWeights) -> list[nn.Module]:
     """Parts of ``net`` that no enabled loss term reaches (they would get no gradient).
 
-    The part branch and the PAP pixel classifier see detached features, so each trains only
-    through its own term; the BNNeck and identity classifier only through the identity loss.
+    What each term reaches: the identity loss the BNNeck, the identity classifier, the shared
+    stages and both modality streams; the metric loss (on the pre-BNNeck feature) the shared
+    stages and the streams; the dense loss (on Z, the streams' output) the streams only; the
+    part-identity and PAP losses only their own heads (the part branch and the PAP pixel
+    classifier see detached features).
+
+    Raises:
+        ConfigError: Every term is off (nothing would train).
     """
+    if not any(dataclasses.astuple(weights)):
+        raise ConfigError(
+            "every loss term is off (loss.id, loss.metric, loss.part_id, loss.pap and "
+            "loss.dcl are all 0): nothing would train; give at least one a weight > 0"
+        )
     unused: list[nn.Module] = []
     if not weights.id:
         unused += [net.bnneck, net.classifier]
@@ -75,8 +88,10 @@ def unused_modules(net: DCLNet, weights: LossWeights) -> list[nn.Module]:
         unused += [net.part_bnneck, net.part_classifier]
     if not weights.pap:
         unused.append(net.pixel_classifier)
-    if not (weights.id or weights.metric):  # the dense loss acts on the low-level map only
+    if not (weights.id or weights.metric):
         unused.append(net.shared)
+    if not (weights.id or weights.metric or weights.dcl):  # only the detached heads train
+        unused += [net.visible, net.infrared]
     return unused
 
 
@@ -86,6 +101,7 @@ def freeze_unused(net: DCLNet, weights: LossWeights) -> int:
     Call before building the optimiser and before DDP wrapping: DDP then ignores these
     parameters, so it needs no ``find_unused_parameters`` (a graph traversal every step), and
     single-process training is unchanged (the optimiser skipped gradient-less parameters).
+    Every combination of switched-off terms leaves exactly the reached parameters trainable.
     """
     params = [p for m in unused_modules(net, weights) for p in m.parameters() if p.requires_grad]
     for p in params:
