@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "dclnet[serve]"'
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STACK = (  # (package, module) of the serve extra
+    ("fastapi", "fastapi"),
+    ("uvicorn", "uvicorn"),
+    ("python-multipart", "python_multipart"),
+    ("prometheus_client", "prometheus_client"),
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,11 @@ class ServeSettings:
 def _import_stack() -> None:
     """Refuse with one line when the ``serve`` extra is missing."""
     missing = []
-    for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
+    for package, module in _STACK:
         try:
             __import__(module)
         except ImportError:
-            missing.append(module)
+            missing.append(package)
     if missing:
         raise DclnetError(
             f"dclnet serve needs the optional packages {', '.join(missing)}: {INSTALL_HINT}"
@@ -144,7 +150,7 @@ def serve(settings: ServeSettings) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     checks = (
         ("--port", args.port, 0 <= args.port <= 65535, "0..65535 (0: any free port)"),
-        ("--window-ms", args.window_ms, 0 <= args.window_ms <= 1000, "0..1000"),
+        ("--window-ms", args.window_ms, 0 <= args.window_ms <= 10_000, "0..10000"),
         ("--max-batch", args.max_batch, args.max_batch >= 1, ">= 1"),
         ("--max-body-mb", args.max_body_mb, args.max_body_mb > 0, "> 0"),
         ("--max-pixels", args.max_pixels, args.max_pixels >= 1, ">= 1"),

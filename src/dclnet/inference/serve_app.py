@@ -53,6 +53,7 @@ from dclnet.inference.serve_service import RequestError, SearchService, check_mo
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 IMAGE_TYPES = ("image/", "application/octet-stream")  # declared types of an upload we accept
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -179,7 +180,7 @@ class BodyLimitMiddleware:
 async def _form(request: Request, max_files: int):
     """The multipart form of ``request``, or 415 / 400 naming what is wrong."""
     ctype = request.headers.get("content-type", "")
-    if not ctype.lower().startswith("multipart/form-data"):
+    if not ctype.lower().startswith(FORM_TYPES):
         raise RequestError(
             415,
             f"{request.method} {request.url.path} takes multipart/form-data (an HTML "
@@ -285,12 +286,13 @@ def create_app(
         found = await asyncio.gather(*(batcher.submit(q) for q in queries))
         out = []
         for (name, _), result in zip(files, found):
-            entry = {"name": name, "results": result["results"]}
+            entry = {"name": name, "gallery_size": result["index"]["gallery_size"]}
+            entry["results"] = result["results"]
             if mask:
                 entry["mask"] = result["mask"]
             out.append(entry)
-        return {
-            **service.describe(),
+        return {  # the index that ranked the first query (more than max_batch: maybe others)
+            **found[0]["index"],
             "modality": modality,
             "topk": topk,
             "num_parts": int(getattr(service.embedder.model, "num_parts", 0)),

@@ -3,10 +3,11 @@
 :class:`SearchService` holds the embedder and the loaded gallery index. Searches take a
 reference to the current :class:`~dclnet.inference.index.GalleryIndex` once per batch; an
 append builds the new index folder with the index's own atomic
-:func:`~dclnet.inference.indexing.append_index` (holding the index lock when the index
-module has one) and then swaps that reference, so a search sees the old or the new index,
-never a torn one. An index folder replaced by another process (``dclnet index --append``) is
-noticed before the next batch and loaded the same way.
+:func:`~dclnet.inference.indexing.append_index` (which holds the index's write lock) and
+then swaps that reference, so a search sees the old or the new index, never a torn one. An
+index folder replaced by another process (``dclnet index --append``) is noticed before a
+batch and loaded, under the write lock, in a background thread; the loaded index keeps
+answering until the new one is read.
 
 Every problem with a request is a :class:`RequestError` carrying its HTTP status and one line
 naming the problem (the routes turn it into a JSON error); nothing here knows about HTTP
@@ -150,7 +151,7 @@ def check_topk(value: str | int | None, limit: int, default: int = 10) -> int:
 
 
 def index_lock(folder: Path) -> contextlib.AbstractContextManager:
-    """The index module's lock on ``folder`` when it has one, else a no-op context."""
+    """The index module's write lock on ``folder`` (a no-op where that module has none)."""
     for module in (index_module, indexing):
         lock = getattr(module, "index_lock", None)
         if lock is not None:
@@ -192,7 +193,8 @@ class SearchService:
         self.index_dir = Path(index_dir)
         self.limits = limits
         self.labels = labels or (lambda path: None)
-        self._append_lock = threading.Lock()  # one append at a time in this process
+        self._append_lock = threading.Lock()  # one append (or reload) at a time here
+        self._reloader: threading.Thread | None = None
         self._signature = _signature(self.index_dir)
         self.index = self._load()
         root = gallery_root if gallery_root is not None else self.index.root
@@ -201,6 +203,7 @@ class SearchService:
     # -- the index -------------------------------------------------------------------------
 
     def _load(self) -> GalleryIndex:
+        """Read the index folder with its write lock held (no writer is mid-replace)."""
         with index_lock(self.index_dir):
             signature = _signature(self.index_dir)
             index = load_index(self.index_dir)
@@ -209,20 +212,33 @@ class SearchService:
         return index
 
     def current_index(self) -> GalleryIndex:
-        """The index to search now: reloaded first if another process replaced the folder."""
-        if _signature(self.index_dir) != self._signature and not self._append_lock.locked():
-            with self._append_lock:
-                if _signature(self.index_dir) != self._signature:
-                    try:
-                        self.index = self._load()
-                        logger.info("reloaded %s (%d images)", self.index_dir, len(self.index))
-                    except DclnetError as exc:  # mid-replace without a lock: keep the old one
-                        logger.warning("kept the loaded index: %s", exc)
+        """The index to search now.
+
+        When another process replaced the folder, it is loaded in a background thread
+        (which may wait for that writer's lock) and swapped in when read; until then the
+        loaded index keeps answering, so a search never waits for a writer.
+        """
+        if _signature(self.index_dir) != self._signature and self._reloader is None:
+            if not self._append_lock.locked():  # our own append swaps the index itself
+                self._reloader = threading.Thread(target=self._reload, daemon=True)
+                self._reloader.start()
         return self.index
 
-    def describe(self) -> dict[str, Any]:
-        """Model and index identity, reported with every search."""
-        index = self.index
+    def _reload(self) -> None:
+        try:
+            with self._append_lock:
+                if _signature(self.index_dir) != self._signature:
+                    self.index = self._load()
+                    logger.info("reloaded %s (%d images)", self.index_dir, len(self.index))
+        except DclnetError as exc:  # kept the loaded index; tried again at the next change
+            logger.warning("kept the loaded index: %s", exc)
+            self._signature = _signature(self.index_dir)
+        finally:
+            self._reloader = None
+
+    def describe(self, index: GalleryIndex | None = None) -> dict[str, Any]:
+        """Model and index identity (of ``index``, default the current one)."""
+        index = index if index is not None else self.index
         return {
             "model": self.embedder.identity,
             "checkpoint": self.embedder.checkpoint,
@@ -245,7 +261,8 @@ class SearchService:
         """Embed a batch (one forward per modality present) and rank it in one index call.
 
         Returns:
-            Per query ``{"results": [...], "mask": H_z x W_z list or None}``.
+            Per query ``{"results": [...], "mask": H_z x W_z list or None, "index": ...}``,
+            the last being :meth:`describe` of the index that ranked it.
         """
         index = self.current_index()  # one index for the whole batch
         emb = torch.empty(len(queries), index.embed_dim)
@@ -265,8 +282,9 @@ class SearchService:
         k = max(q.topk for q in queries)
         scores, rows = index.topk(emb.to(self.embedder.device), k)
         scores, rows = scores.cpu().tolist(), rows.cpu().tolist()
+        info = self.describe(index)
         return [
-            {"results": self._entries(index, r[: q.topk], s[: q.topk]), "mask": m}
+            {"results": self._entries(index, r[: q.topk], s[: q.topk]), "mask": m, "index": info}
             for q, r, s, m in zip(queries, rows, scores, masks)
         ]
 
@@ -354,14 +372,16 @@ class SearchService:
         return root
 
     def _append(self, folder: Path) -> dict[str, Any]:
-        """:func:`~dclnet.inference.indexing.append_index` under the locks, then the swap."""
+        """:func:`~dclnet.inference.indexing.append_index`, then the swap of the reference.
+
+        ``append_index`` takes the index's write lock itself (it is not re-entrant, so it is
+        not held here) and returns the new index as loaded inside it.
+        """
         with self._append_lock:
-            with index_lock(self.index_dir):
-                new, added = indexing.append_index(
-                    self.embedder, self.index_dir, folder, progress=False
-                )
-                signature = _signature(self.index_dir)
-            self.index, self._signature = new, signature
+            new, added = indexing.append_index(
+                self.embedder, self.index_dir, folder, progress=False
+            )
+            self.index, self._signature = new, _signature(self.index_dir)
         rel = folder.relative_to(Path(new.root).resolve()).as_posix()
         logger.info("appended %d images below %s; %d in the index", added, rel, len(new))
         return {"added": added, "folder": rel, "gallery_size": len(new)}

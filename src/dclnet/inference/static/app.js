@@ -66,9 +66,9 @@ function drawMask() {
       }
     }
   }
-  const names = [];
-  for (let p = 1; p <= state.parts; p++) names.push(`part ${p}`);
-  $("mask-legend").textContent = `${rows} x ${cols} mask, ${names.join(", ")} top to bottom`;
+  const marked = state.mask.flat().filter((part) => part > 0).length;
+  $("mask-legend").textContent = `${rows} x ${cols} mask: ${marked} cells in ` +
+    `${state.parts} body parts (red, blue, green, ... top to bottom), the rest background`;
 }
 
 function card(entry) {
