@@ -311,8 +311,8 @@ def register(subparsers) -> None:
         "--size",
         default="small",
         choices=tuple(SIZES),
-        help="small: ResNet-18, 128x64, P=4 K=4 (CPU minutes); real: ResNet-50, 288x144, "
-        "P=8 K=4 (the paper's setting)",
+        help="tiny: ResNet-18, 32x16, P=2 K=2 (a check that it runs); small: ResNet-18, "
+        "128x64, P=4 K=4 (CPU minutes); real: ResNet-50, 288x144, P=8 K=4 (the paper's setting)",
     )
     p.add_argument(
         "--dtype",

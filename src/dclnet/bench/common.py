@@ -44,6 +44,23 @@ class BenchSize:
 
 
 SIZES = {
+    "tiny": BenchSize(  # checks that the suite runs (scripts/gpu_check.sh on a CPU), no figures
+        name="tiny",
+        arch="resnet18",
+        height=32,
+        width=16,
+        num_ids=2,
+        num_instances=2,
+        num_classes=4,
+        warmup=0,
+        iters=1,
+        repeats=1,
+        embed_images=8,
+        embed_batch=4,
+        pipeline_images=16,
+        pipeline_batches=2,
+        eval_trials=1,
+    ),
     "small": BenchSize(
         name="small",
         arch="resnet18",
