@@ -208,9 +208,11 @@ def _normalised_range(pre: Preprocessing) -> tuple[float, float]:
 
 
 # Room beyond the normalised range for a float input: a sharpening resize (LANCZOS, bicubic)
-# of normalised pixels overshoots by a fraction of the range (about 10 % at a hard edge);
-# 0..255 pixels are a hundred times outside it.
-FLOAT_INPUT_MARGIN = 1.0
+# of normalised pixels overshoots by a fraction of the range, and standard-normal noise (the
+# usual stand-in for normalised images, e.g. in exports) stays within +-5 at any practical
+# size; 0..255 pixels reach 100 times the range. Only a nearly black 0..255 image (every
+# pixel below ~8) gets through, where the two cannot be told apart.
+FLOAT_INPUT_MARGIN = 5.0
 
 
 def _check_normalised(images: Tensor, pre: Preprocessing) -> None:

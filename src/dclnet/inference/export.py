@@ -12,6 +12,7 @@ The exported graph is ``stream → shared stages → GeM → BNNeck → L2 norma
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 import dclnet
 from dclnet.data.records import VISIBLE, check_modality
 from dclnet.errors import ConfigError, DclnetError
-from dclnet.fileio import atomic_path, atomic_write, check_output_file
+from dclnet.fileio import atomic_path, atomic_write, check_output_file, require_free_space
 from dclnet.inference.api import Embedder
 
 logger = logging.getLogger(__name__)
@@ -186,8 +187,17 @@ def _export_torchscript(
     net: nn.Module, example: Tensor, output: Path, meta: dict[str, Any]
 ) -> None:
     traced = torch.jit.trace(net, example, check_trace=False)  # checked below, on another N
-    with atomic_path(output) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={"dclnet.json": json.dumps(meta)})
+    # torch.jit.save writing to a file aborts the whole process on a full disk (C++
+    # "terminate called ... unexpected pos"): serialise into memory, check the free space,
+    # then write the bytes atomically from Python, where a full disk is one clear line.
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={"dclnet.json": json.dumps(meta)})
+    data = buffer.getvalue()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    hint = "free some space or choose another --output"
+    require_free_space(output.parent, len(data), f"the TorchScript file {output.name}", hint)
+    with atomic_write(output, "wb", fsync=True) as fh:
+        fh.write(data)
 
 
 def _run_exported(fmt: str, path: Path, images: Tensor) -> Tensor | None:
