@@ -471,7 +471,14 @@ def _env_rank() -> int:
 # Commands whose --output is a folder (for the others it is a file); --json/--csv are files.
 _OUTPUT_DIRS = ("train", "demo", "index")
 # Integer options and their smallest valid value, whichever command has them.
-_MINIMUMS = {"batch_size": 1, "workers": 0, "topk": 1, "chunk_size": 1}
+_MINIMUMS = {
+    "batch_size": 1,
+    "workers": 0,
+    "topk": 1,
+    "chunk_size": 1,
+    "seed": 0,  # synth, visualize embedding: numpy refuses negative seeds deep inside
+    "synthetic_seed": 0,
+}
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

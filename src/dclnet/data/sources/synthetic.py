@@ -13,6 +13,7 @@ visible and one infrared camera; each (camera, person) folder holds a few images
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,47 @@ class SyntheticSet:
 def _check(name: str, ok: bool, need: str) -> None:
     if not ok:
         raise ConfigError(f"synthetic {name}: must be {need}")
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine (``None`` where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_request(
+    num_ids: int,
+    seed: int,
+    height: int,
+    width: int,
+    images_per_id: int,
+    *,
+    ids_name: str = "synthetic num_ids",
+    seed_name: str = "synthetic seed",
+) -> None:
+    """Refuse a seed below 0 and a set that cannot fit in memory, before anything is allocated.
+
+    The set is rendered in memory (images, part labels, body coordinates: about
+    ``4 * H * W`` bytes per image); ``images_per_id`` is the most images one person gets.
+
+    Raises:
+        ConfigError: Naming ``seed_name`` / ``ids_name`` (a command's option, or the
+            library's argument).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{seed_name}: must be an integer >= 0, got {seed!r}")
+    if isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer)):
+        raise ConfigError(f"{ids_name}: must be an integer, got {num_ids!r}")
+    need = int(num_ids) * images_per_id * (4 * height * width + 4 * height)
+    have = physical_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{ids_name} {num_ids}: the synthetic set would take up to {need / 2**30:.1f} GiB "
+            f"of memory ({num_ids} ids x {images_per_id} images of {height} x {width}), more "
+            f"than this machine's {have / 2**30:.1f} GiB; use fewer identities"
+        )
 
 
 def _split_sizes(num_ids: int, num_val: int | None, num_test: int | None) -> tuple[int, int]:
@@ -232,6 +274,7 @@ def make_synthetic(
     lo, hi = images_per_camera
     _check("images_per_camera", 1 <= lo <= hi, "a range (low, high) with 1 <= low <= high")
     _check("camera_presence", 0.0 <= camera_presence <= 1.0, "a probability in [0, 1]")
+    check_request(num_ids, seed, height, width, len(SYSU_CAMERAS) * hi)
     num_val, num_test = _split_sizes(num_ids, num_val_ids, num_test_ids)
     people_seed, layout_seed, image_seed = np.random.SeedSequence(seed).spawn(3)
     people = sample_people(np.random.default_rng(people_seed), num_ids)
@@ -311,6 +354,7 @@ def write_sysu(
     Returns:
         The data-set root ``out_dir``.
     """
+    check_request(num_ids, seed, height, width, len(SYSU_CAMERAS) * max(images_per_camera))
     owned = tuple(f"cam{c}" for c in SYSU_CAMERAS) + ("exp",)
     out = _prepare_out_dir(out_dir, owned, overwrite)  # fail before spending time rendering
     dataset = make_synthetic(
@@ -353,6 +397,7 @@ def write_regdb(
     _check("images_per_modality", images_per_modality >= 1, "at least 1")
     _check("trials", trials >= 1, "at least 1")
     _check("height/width", height >= 16 and width >= 8, "at least 16 x 8 pixels")
+    check_request(num_ids, seed, height, width, 2 * images_per_modality)
     people_seed, image_seed = np.random.SeedSequence([seed, 412]).spawn(2)
     people = sample_people(np.random.default_rng(people_seed), num_ids)
     who = np.tile(np.repeat(np.arange(num_ids), images_per_modality), 2)
@@ -427,6 +472,7 @@ def write_llcm(
     lo, hi = images_per_camera
     _check("images_per_camera", 1 <= lo <= hi, "a range (low, high) with 1 <= low <= high")
     _check("camera_presence", 0.0 <= camera_presence <= 1.0, "a probability in [0, 1]")
+    check_request(num_ids, seed, height, width, len(LLCM_CAMERAS) * hi)
     owned = ("vis", "nir", "test_vis", "test_nir", "idx")
     out = _prepare_out_dir(out_dir, owned, overwrite)  # fail before spending time rendering
     people_seed, layout_seed, image_seed = np.random.SeedSequence([seed, 1064]).spawn(3)
