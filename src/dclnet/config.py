@@ -469,6 +469,40 @@ def parse_override(text: str) -> dict[str, Any]:
     return {parts[0]: {parts[1]: value}}
 
 
+class _DuplicateKeyError(Exception):
+    """A mapping of a YAML recipe gives one key twice (PyYAML would keep the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, naming its path."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_keys(node, [])
+        return super().construct_document(node)
+
+    def _check_keys(self, node: yaml.Node, path: list[str]) -> None:
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_keys(item, [*path, str(i)])
+        if not isinstance(node, yaml.MappingNode):
+            return
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = (
+                self.construct_object(key_node, deep=True)
+                if key_node.tag != "tag:yaml.org,2002:merge"
+                else "<<"
+            )
+            line = key_node.start_mark.line + 1
+            name = ".".join([*path, str(key)])
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKeyError(
+                    f"key {name!r} is given twice (lines {seen[key]} and {line})"
+                )
+            seen[key] = line
+            self._check_keys(value_node, [*path, str(key)])
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults → YAML file → overrides, validated."""
     values: dict[str, Any] = {}
@@ -477,7 +511,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        except _DuplicateKeyError as exc:
+            raise ConfigError(f"config file {path}: {exc}; keep one of them") from None
         except UnicodeDecodeError as exc:
             raise ConfigError(
                 f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
