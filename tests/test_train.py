@@ -348,3 +348,46 @@ def test_diagnose_command_reports_mechanisms(tmp_path, tiny_run, capsys):
           "--json", str(other)])  # fmt: skip
     assert json.loads(other.read_text())["synthetic"]["seed"] == 5
     assert json.loads(other.read_text())["cam_labels_train"] is None  # other training ids
+
+
+@pytest.mark.parametrize("preset", ["full", "dcl_stripes"])
+@pytest.mark.parametrize("num_parts", [4, 8])
+def test_training_with_other_part_counts(tmp_path, monkeypatch, num_parts, preset):
+    """model.num_parts reaches the objective: PAP, SRM and the dense loss work with 4 and 8
+    parts end to end, and the dcl_stripes preset cuts Z into that many stripes."""
+    import dclnet.engine.step as step_mod
+    import dclnet.losses.objective as objective_mod
+
+    seen: dict[str, set] = {"num_parts": set(), "stripe_labels": set()}
+    real_objective, real_stripes = step_mod.dclnet_objective, objective_mod.stripe_masks
+
+    def objective(*args, **kwargs):
+        seen["num_parts"].add(kwargs.get("num_parts", 6))  # the objective's default
+        return real_objective(*args, **kwargs)
+
+    def stripes(*args, **kwargs):
+        masks = real_stripes(*args, **kwargs)
+        seen["stripe_labels"] |= set(masks.unique().tolist())
+        return masks
+
+    monkeypatch.setattr(step_mod, "dclnet_objective", objective)
+    monkeypatch.setattr(objective_mod, "stripe_masks", stripes)
+    overrides = [
+        f"model.num_parts={num_parts}",
+        f"loss.preset={preset}",
+        "data.synthetic_ids=6",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        "optim.milestones=[]",
+        "eval.trials=1",
+    ]
+    result = fit(load_config(TINY, overrides), tmp_path / "run", progress=False)
+    assert set(result["test"]["mean"]) == set(METRIC_KEYS)
+    assert seen["num_parts"] == {num_parts}
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["model_args"]["num_parts"] == num_parts
+    assert state["model"]["part_classifier.weight"].shape[1] == num_parts * 512
+    if preset == "dcl_stripes":  # every stripe 1..num_parts on Z's 16 rows (0: erased)
+        assert seen["stripe_labels"] - {0} == set(range(1, num_parts + 1))
+    else:
+        assert not seen["stripe_labels"]
