@@ -331,3 +331,19 @@ def test_cuda_step_has_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(losses["total"]).item()
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_amp_auto_picks_bfloat16_only_where_it_is_native(monkeypatch, native, expected):
+    """train.amp=auto: a pre-Ampere GPU (V100, T4) emulates bf16 -- torch counts that as
+    supported unless including_emulation=False -- and must get float16 + GradScaler."""
+    from dclnet.engine.step import resolve_amp
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return native or including_emulation  # emulation is always available
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert resolve_amp("auto", torch.device("cuda")) == expected
+    assert resolve_amp("auto", torch.device("cpu")) is None
+    assert resolve_amp("bfloat16", torch.device("cuda")) == torch.bfloat16
+    assert resolve_amp("off", torch.device("cuda")) is None

@@ -50,12 +50,25 @@ class StepContext:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``train.amp`` (``None`` = float32)."""
+    """Autocast dtype for ``train.amp`` (``None`` = float32).
+
+    ``"auto"`` on CUDA: bfloat16 where the GPU has native bf16 arithmetic (Ampere and
+    newer), else float16 with a GradScaler -- pre-Ampere GPUs (V100, T4) only emulate bf16,
+    slower than float16, so emulation does not count.
+    """
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _native_bf16(device) else torch.float16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp]
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` (the current one when unnumbered) has native bf16."""
+    if device.index is None:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    with torch.cuda.device(device.index):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
