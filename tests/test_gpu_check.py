@@ -54,6 +54,10 @@ def test_tiny_mode_runs_every_phase_and_writes_its_files(tmp_path):
     assert ("full DCLNet step / plain forward+backward", "fp32") in names
     assert [d for b, d in names if b == "dense loss forward+backward"] == ["fp32", "tf32", "bf16"]
     assert ("dense loss / full DCLNet step", "fp32") in names
+    # ... and docs/benchmarks.md's GPU block renders such a file
+    from dclnet.reporting import render_bench_report
+
+    assert "dense loss / full DCLNet step" in render_bench_report(bench)
     # The paper-size phase (tiny here): a trained checkpoint's test and its mechanisms.
     diagnose = json.loads((out / "gpu_check_diagnose.json").read_text())
     assert {"foreground_iou", "part_miou", "correspondence"} <= set(diagnose)

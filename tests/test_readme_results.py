@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("docs/synthetic.md", ("comparison",)),
         (
             "docs/benchmarks.md",
-            ("bench-train", "bench-eval", "bench-dense", "bench-small", "bench-real"),
+            ("bench-train", "bench-eval", "bench-dense", "bench-small", "bench-real", "bench-gpu"),
         ),
         ("docs/search.md", ("bench-search",)),
     ],

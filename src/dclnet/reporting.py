@@ -450,6 +450,9 @@ RENDERERS = {
     "bench-train": _bench_sizes,
     "bench-small": lambda r: render_bench_report(_load(r, "bench_small")),
     "bench-real": _bench_real,
+    "bench-gpu": lambda r: _or_not_run(
+        r, "bench_gpu_real", render_bench_report, "bash scripts/gpu_check.sh"
+    ),
     "bench-search": lambda r: _search_table(r),
 }
 
