@@ -8,6 +8,7 @@ directory ``<cache_dir>/<name>-<H>x<W>-<key>``::
     meta.json    key parts, records, the raw files' (size, mtime_ns), skipped files,
                  fingerprint; written last, so its presence means images.npy is complete
     .lock        advisory lock, so that concurrent processes (DDP ranks) build only once
+                 (never opened through a symbolic link)
 
 A later call reuses the directory when ``meta.json`` is complete and the fingerprint of the raw
 files still matches; otherwise it rebuilds. The fingerprint is each file's size and
@@ -45,7 +46,13 @@ from tqdm import tqdm
 from dclnet.data.imageio import READER_VERSION, load_image, unreadable_reason
 from dclnet.data.records import ImageSet, Record, check_modality
 from dclnet.errors import DataError
-from dclnet.fileio import atomic_write, disk_full_cause, disk_full_error, require_free_space
+from dclnet.fileio import (
+    atomic_write,
+    disk_full_cause,
+    disk_full_error,
+    open_no_follow,
+    require_free_space,
+)
 
 __all__ = ["READER_VERSION", "VERIFY", "CachedSet", "build_cache", "default_cache_dir"]
 
@@ -488,7 +495,8 @@ def _locked(directory: Path) -> Iterator[None]:
     except ImportError:  # Windows: concurrent builds still end in a complete cache
         yield
         return
-    with open(directory / _LOCK, "a+") as handle:
+    fd = open_no_follow(directory / _LOCK, os.O_RDWR | os.O_CREAT)  # never through a link
+    with os.fdopen(fd, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
             locked = True
