@@ -116,7 +116,7 @@ def test_page_search_mask_pages_and_append(tmp_path, browser):
             browser.find_element(By.ID, "append-btn").click()
             WebDriverWait(browser, WAIT).until(lambda d: "added" in _text(d, "append-status"))
             assert _text(browser, "append-status") == (
-                f"added 1 images; the gallery holds {gallery_size + 1}"
+                f"added 1 image; the gallery holds {gallery_size + 1}"
             )
             cards = _search(browser, new, "visible")  # the gallery's branch: it finds itself
             assert "uploads/" in cards[0].text and "newcomer" in cards[0].text

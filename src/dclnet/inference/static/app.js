@@ -143,7 +143,8 @@ async function append() {
   setStatus($("append-status"), "adding…");
   try {
     const body = await callJson("/index/append", { method: "POST", body: form });
-    setStatus($("append-status"), `added ${body.added} images; the gallery holds ` +
+    const images = body.added === 1 ? "image" : "images";
+    setStatus($("append-status"), `added ${body.added} ${images}; the gallery holds ` +
       `${body.gallery_size}`);
     showIndex();
   } catch (err) {
