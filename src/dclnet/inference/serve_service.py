@@ -203,8 +203,16 @@ class SearchService:
     # -- the index -------------------------------------------------------------------------
 
     def _load(self) -> GalleryIndex:
-        """Read the index folder with its write lock held (no writer is mid-replace)."""
-        with index_lock(self.index_dir):
+        """Read the index folder with its write lock held (no writer is mid-replace).
+
+        Where the lock file cannot be made (a read-only folder: nobody appends there), the
+        index is read without it.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(index_lock(self.index_dir))
+            except OSError as exc:
+                logger.info("reading %s without its lock (%s)", self.index_dir, exc)
             signature = _signature(self.index_dir)
             index = load_index(self.index_dir)
         index.check_model(self.embedder, where=f"index {self.index_dir}")
