@@ -147,10 +147,15 @@ def forward_ms(embedder, repeats: int) -> list[dict]:
 class Server:
     """``python -m dclnet serve --port 0`` and its URL."""
 
-    def __init__(self, checkpoint: Path, index: Path, extra: list[str]) -> None:
+    def __init__(
+        self, checkpoint: Path, index: Path, extra: list[str], threads: int | None
+    ) -> None:
         argv = [sys.executable, "-m", "dclnet", "serve", "--checkpoint", str(checkpoint)]
         argv += ["--index", str(index), "--port", "0", "--device", "cpu", *extra]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ)
+        if threads is not None:  # torch and FAISS read it at start
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         if not line.startswith("dclnet serve: http://"):
             raise SystemExit(f"dclnet serve did not start: {line}")
@@ -188,8 +193,7 @@ async def _client(http, url, images, stop_at, record, i) -> None:
         record.append((started, time.perf_counter() - started, ok))
 
 
-async def _appender(http, url, stop_at, every, count, out) -> None:
-    images = query_images(count * 1000, seed=7)
+async def _appender(http, url, stop_at, every, images, count, out) -> None:
     n = 0
     while time.perf_counter() + every < stop_at:
         await asyncio.sleep(every)
@@ -206,6 +210,9 @@ async def _appender(http, url, stop_at, every, count, out) -> None:
 
 async def _load(url: str, clients: int, args, appends: bool) -> dict:
     images = query_images(64)
+    rounds = int((args.warmup + args.duration) / args.append_every) + 1
+    # Distinct new images per append, made before the clock starts (encoding blocks the loop).
+    new = query_images(rounds * args.append_images, seed=7 + clients) if appends else []
     record: list[tuple[float, float, bool]] = []
     appended: list[bool] = []
     limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
@@ -215,9 +222,8 @@ async def _load(url: str, clients: int, args, appends: bool) -> dict:
         stop_at = start + args.warmup + args.duration
         tasks = [_client(http, url + "/search", images, stop_at, record, i) for i in range(clients)]
         if appends:
-            tasks.append(
-                _appender(http, url, stop_at, args.append_every, args.append_images, appended)
-            )
+            every, count = args.append_every, args.append_images
+            tasks.append(_appender(http, url, stop_at, every, new, count, appended))
         await asyncio.gather(*tasks)
         after = (await http.get(url + "/metrics")).text
     timed = [(t, ok) for s, t, ok in record if s >= start + args.warmup]
@@ -239,7 +245,7 @@ async def _load(url: str, clients: int, args, appends: bool) -> dict:
 
 def run_backend(args, backend: str, index: Path, checkpoint: Path) -> list[dict]:
     extra = ["--window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)]
-    server = Server(checkpoint, index, extra)
+    server = Server(checkpoint, index, extra, args.threads)
     rows = []
     try:
         settings = [(c, False) for c in args.clients] + [(max(args.clients), True)]
@@ -316,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--append-every", type=float, default=2.0, help="s between appends")
     parser.add_argument("--append-images", type=int, default=2, help="images per append")
     parser.add_argument("--backends", nargs="+", default=["exact", "faiss"])
-    parser.add_argument("--forward-repeats", type=int, default=5)
+    parser.add_argument("--forward-repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch/FAISS threads of the server")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dclnet-bench-serve"))
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -327,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     from dclnet.inference.api import Embedder
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     started, load_start = time.perf_counter(), load_average()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -355,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
             "factory"
         ],
         "cpu_count": os.cpu_count(),
+        "server_threads": args.threads,
         "forward_ms": forward,
         "rows": rows,
         "load_average": {"start": load_start, "end": load_average()},
