@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from dclnet.config import save_config
 from dclnet.engine import runs
-from dclnet.errors import ConfigError
+from dclnet.errors import ConfigError, TrainingError
 from dclnet.evaluation.protocols import METRIC_KEYS
 
 
@@ -46,19 +47,18 @@ def test_regdb_all_trials_trains_ten_models_and_summarises(tmp_path, monkeypatch
     assert summary["std"]["rank1"] == pytest.approx(2.8722813)  # population std of 1..10
     assert json.loads((out / "summary.json").read_text()) == summary
     assert "5.50 ± 2.87" in capsys.readouterr().out
-    # finished trials are never redone
+    # a used folder needs --resume (or --overwrite); finished trials are never redone
     calls.clear()
     (out / "trial4" / "test_results.json").unlink()
-    runs.run_training(
-        config=None,
-        overrides=["model.pretrained=null"],
-        dataset="regdb",
-        root=tmp_path / "data",
-        trial="all",
-        output=out,
-        resume=False,
-    )
-    assert calls == [(4, False)]
+    again = dict(dataset="regdb", root=tmp_path / "data", trial="all", output=out)
+    with pytest.raises(TrainingError, match="is not empty .* continue it with --resume"):
+        runs.run_training(config=None, overrides=["model.pretrained=null"], resume=False, **again)
+    assert calls == []
+    cfg = runs.resolve_run_config(None, ["model.pretrained=null"], dataset="regdb",
+                                  root=tmp_path / "data")  # fmt: skip
+    save_config(cfg, out / "trial1" / "config.yaml")  # what a real trial 1 leaves
+    runs.run_training(config=None, overrides=None, resume=True, **again)
+    assert calls == [(4, False)]  # no last.pt: trial 4 restarts, the others are kept
 
 
 def test_trial_all_is_only_for_regdb_and_trial_is_checked(tmp_path):
