@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dclnet.bench.results import command_line, load_average, where, write_record
+from dclnet.bench.results import command_line, load_average, serve_table, write_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import write_gallery  # noqa: E402  (the same synthetic gallery)
@@ -281,33 +281,6 @@ def print_row(r: dict) -> None:
     )
 
 
-def table(record: dict) -> str:
-    """Markdown: the load rows, then the forward times per batch size."""
-    lines = [
-        f"{record['gallery']:,}-image gallery ({record['embed_dim']}-d), {record['arch']} at "
-        f"{record['height']} x {record['width']}, window {record['window_ms']:g} ms, batch "
-        f"limit {record['max_batch']}, {record['duration_s']:g} s per row after "
-        f"{record['warmup_s']:g} s warm-up; {where(record)}; load average "
-        f"{record['load_average']['start']} -> {record['load_average']['end']}",
-        "",
-        "| backend | clients | appends in flight | req/s | p50 ms | p99 ms | errors | mean batch |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in record["rows"]:
-        appends = (
-            f"{r['appended_batches']} x {record['append_images']} images" if r["appends"] else "-"
-        )
-        lines.append(
-            f"| {r['backend']} | {r['clients']} | {appends} | {r['throughput_rps']:.1f} | "
-            f"{_fmt(r['p50_ms'], '.0f')} | {_fmt(r['p99_ms'], '.0f')} | {r['errors']} | "
-            f"{_fmt(r['mean_batch'], '.1f')} |"
-        )
-    lines += ["", "| batch | forward ms | ms per image |", "| ---: | ---: | ---: |"]
-    for f in record["forward_ms"]:
-        lines.append(f"| {f['batch']} | {f['ms']:.1f} | {f['ms_per_image']:.2f} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gallery", type=int, default=100_000, help="gallery images")
@@ -330,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", type=Path, help="print a results file as markdown")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        print(serve_table(json.loads(args.table.read_text())))
         return
     from dclnet.inference.api import Embedder
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
             ("bench-train", "bench-eval", "bench-dense", "bench-small", "bench-real", "bench-gpu"),
         ),
         ("docs/search.md", ("bench-search",)),
+        ("docs/serve.md", ("bench-serve",)),
     ],
 )
 def test_documents_match_results_files(doc, sections):

@@ -34,6 +34,7 @@ DOCUMENTS = (
     "docs/synthetic.md",
     "docs/benchmarks.md",
     "docs/search.md",
+    "docs/serve.md",
 )
 RESULTS = "docs/results"
 _SECTION = re.compile(
@@ -49,16 +50,9 @@ def _metrics_line(name: str, mean: dict[str, float]) -> str:
 
 
 def _where(record: dict[str, Any]) -> str:
-    threads = record["threads"]
-    cpu = (
-        f"{record['cpu']}, {record['cpu_capability']} kernels"
-        if "cpu" in record
-        else "CPU model not recorded"
-    )
-    return (
-        f"{record['machine']} ({cpu}), torch {record['torch']}, "
-        f"{threads} thread{'s' * (threads != 1)}"
-    )
+    from dclnet.bench.results import where
+
+    return where(record)
 
 
 def render_demo(record: dict[str, Any]) -> str:
@@ -454,7 +448,14 @@ RENDERERS = {
         r, "bench_gpu_real", render_bench_report, "bash scripts/gpu_check.sh"
     ),
     "bench-search": lambda r: _search_table(r),
+    "bench-serve": lambda r: _serve_table(r),
 }
+
+
+def _serve_table(results: Path) -> str:
+    from dclnet.bench.results import serve_table
+
+    return serve_table(_load(results, "bench_serve"))
 
 
 def _search_table(results: Path) -> str:

@@ -40,8 +40,18 @@ def write_record(
 
 
 def where(record: dict[str, Any]) -> str:
-    """``"x86_64 CPU, 2 cores, torch 2.13.0+cpu, 2 threads"`` for a results record."""
-    return f"{record['machine']}, torch {record['torch']}, {record['threads']} threads"
+    """``"x86_64 CPU, 2 cores (AMD EPYC, AVX2 kernels), torch 2.13.0+cpu, 2 threads"`` for a
+    results record (files written before the CPU model was recorded say so)."""
+    threads = record["threads"]
+    cpu = (
+        f"{record['cpu']}, {record['cpu_capability']} kernels"
+        if "cpu" in record
+        else "CPU model not recorded"
+    )
+    return (
+        f"{record['machine']} ({cpu}), torch {record['torch']}, "
+        f"{threads} thread{'s' * (threads != 1)}"
+    )
 
 
 EVAL_HEADER = (
@@ -122,4 +132,37 @@ def search_table(records: list[dict[str, Any]]) -> str:
                     f"{r['bytes'] / 2**20:,.0f} | {r['p50_ms']:.1f}{timed} | {r['p95_ms']:.1f} | "
                     f"{r['recall@1']:.3f} | {r['recall@10']:.3f} |"
                 )
+    return "\n".join(lines)
+
+
+def _fmt_or_dash(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def serve_table(record: dict[str, Any]) -> str:
+    """The docs/serve.md tables from a ``benchmarks/bench_serve.py`` results file: the load
+    rows, then the forward times per batch size."""
+    lines = [
+        f"{record['gallery']:,}-image gallery ({record['embed_dim']}-d), {record['arch']} at "
+        f"{record['height']} x {record['width']}, window {record['window_ms']:g} ms, batch "
+        f"limit {record['max_batch']}, {record['duration_s']:g} s per row after "
+        f"{record['warmup_s']:g} s warm-up; {where(record)}; load average "
+        f"{record['load_average']['start']} -> {record['load_average']['end']}",
+        "",
+        "| backend | clients | appends in flight | req/s | p50 ms | p99 ms | errors | mean batch |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in record["rows"]:
+        appends = (
+            f"{r['appended_batches']} x {record['append_images']} images" if r["appends"] else "-"
+        )
+        lines.append(
+            f"| {r['backend']} | {r['clients']} | {appends} | {r['throughput_rps']:.1f} | "
+            f"{_fmt_or_dash(r['p50_ms'], '.0f')} | {_fmt_or_dash(r['p99_ms'], '.0f')} | "
+            f"{r['errors']} | "
+            f"{_fmt_or_dash(r['mean_batch'], '.1f')} |"
+        )
+    lines += ["", "| batch | forward ms | ms per image |", "| ---: | ---: | ---: |"]
+    for f in record["forward_ms"]:
+        lines.append(f"| {f['batch']} | {f['ms']:.1f} | {f['ms_per_image']:.2f} |")
     return "\n".join(lines)
