@@ -155,7 +155,13 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/study"), help="run folders")
     parser.add_argument("--config", default="study", help="recipe (file or bundled name)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=list(PRESETS),
+        choices=PRESETS,
+        help="presets in the order they run within a seed (the table keeps its own order)",
+    )
     parser.add_argument("--results", type=Path, help="results JSON (default OUTPUT/...)")
     parser.add_argument("--readme", type=Path, help="README to update between the markers")
     parser.add_argument(
@@ -197,7 +203,8 @@ def main() -> int:
             )
     if args.only_runs:
         return 0
-    results = {p: r for p, r in results.items() if r}
+    # the table in the presets' own order, whatever order they ran in
+    results = {p: results[p] for p in PRESETS if results.get(p)}
     if not results:
         print("error: no finished run to tabulate", file=sys.stderr)
         return 2
