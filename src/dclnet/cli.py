@@ -224,7 +224,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
-    from dclnet.evaluation.diagnose import run_diagnose
+    from dclnet.engine.diagnose_run import run_diagnose
 
     run_diagnose(
         args.checkpoint,
