@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,3 +115,43 @@ def test_cli(ckpt, tmp_path, capsys):
     argv[2] = str(tmp_path / "missing.pt")
     assert run_cli(argv) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_onnx_cli_prints_only_its_own_lines(ckpt, tmp_path):
+    """``dclnet export --format onnx`` as a user runs it: no torchvision, FutureWarning or
+    exporter INFO lines on stderr, only dclnet's three lines on stdout."""
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    out = tmp_path / "visible.onnx"
+    argv = ["export", "--checkpoint", str(ckpt), "--modality", "visible",
+            "--format", "onnx", "--output", str(out)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "TORCH_LOGS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "dclnet", *argv], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("exported the visible embedding path (onnx") and str(out) in lines[0]
+    assert lines[2].startswith("checked with onnxruntime on a batch of 3")
+
+
+def test_quiet_onnx_exporter_restores_levels():
+    import logging
+    import warnings
+
+    names = ("torch.onnx", "onnxscript", "onnx_ir", "dclnet")
+    before = {name: logging.getLogger(name).level for name in names}
+    filters = list(warnings.filters)
+    with export_mod.quiet_onnx_exporter():
+        assert logging.getLogger("torch.onnx").getEffectiveLevel() == logging.ERROR
+        assert not logging.getLogger("onnxscript").isEnabledFor(logging.INFO)
+        assert logging.getLogger("onnxscript").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("dclnet").level == before["dclnet"]  # ours untouched
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn("torch internals", FutureWarning, stacklevel=1)
+        assert seen == []
+    assert {name: logging.getLogger(name).level for name in names} == before
+    assert warnings.filters == filters

@@ -11,11 +11,14 @@ The exported graph is ``stream → shared stages → GeM → BNNeck → L2 norma
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import logging
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,15 @@ logger = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
+# The ONNX exporter's own chatter, none of it about the user's model: torch.onnx warns that
+# torchvision's detection ops (nms, roi_align, ...) cannot be registered without torchvision,
+# onnxscript / onnx_ir log every optimiser pass at INFO. torch.onnx's errors and onnxscript's
+# warnings still get through; the exported model is checked numerically against PyTorch.
+_EXPORTER_LOGGERS = (
+    ("torch.onnx", logging.ERROR),
+    ("onnxscript", logging.WARNING),
+    ("onnx_ir", logging.WARNING),
+)
 
 
 class EmbeddingNet(nn.Module):
@@ -138,7 +150,8 @@ def export_embedding(
     start = time.perf_counter()
     with torch.no_grad():
         if fmt == "onnx":
-            _export_onnx(net, example, output, meta)
+            with quiet_onnx_exporter():
+                _export_onnx(net, example, output, meta)
         else:
             _export_torchscript(net, example, output, meta)
         seconds = time.perf_counter() - start
@@ -155,6 +168,27 @@ def export_embedding(
         sidecar, json.dumps({**meta, "max_abs_diff": diff, "check_batch": check_batch}, indent=1)
     )
     return ExportReport(output, sidecar, diff, check_batch, seconds)
+
+
+@contextlib.contextmanager
+def quiet_onnx_exporter() -> Iterator[None]:
+    """Silence, for the duration of the block, what torch.onnx and onnxscript print that is
+    not about the user's model: the exporter's loggers are raised to :data:`_EXPORTER_LOGGERS`
+    and torch's deprecation notices about its own internals (``FutureWarning`` /
+    ``DeprecationWarning``, e.g. ``isinstance(treespec, LeafSpec)``) are ignored. Levels and
+    warning filters are restored afterwards; dclnet's own loggers are untouched.
+    """
+    saved = {name: logging.getLogger(name).level for name, _ in _EXPORTER_LOGGERS}
+    try:
+        for name, level in _EXPORTER_LOGGERS:
+            logging.getLogger(name).setLevel(level)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _export_onnx(net: nn.Module, example: Tensor, output: Path, meta: dict[str, Any]) -> None:
