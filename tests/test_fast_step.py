@@ -27,7 +27,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::dclnet.models.resnet.RandomInit
 TERMS = ("id", "metric", "part_id", "pap", "dcl", "total")
 
 
-def _context(amp=None, *, preset="full", channels_last=False, compile_backend=None, device="cpu"):
+def _context(
+    amp=None,
+    *,
+    preset="full",
+    channels_last=False,
+    compile_backend=None,
+    device="cpu",
+    compile_scope=None,
+):
     torch.manual_seed(0)
     device = torch.device(device)
     net = DCLNet(10, arch="resnet18", pretrained=None).to(device)
@@ -44,8 +52,11 @@ def _context(amp=None, *, preset="full", channels_last=False, compile_backend=No
         loss_kwargs=kwargs,
         augment=AugmentConfig(),
         channels_last=channels_last,
+        compile=compile_scope is not None,
+        compile_scope=compile_scope or "step",
+        compile_backend=compile_backend or "inductor",
     )
-    if compile_backend is not None:
+    if compile_backend is not None and compile_scope is None:
         ctx.model = torch.compile(net, backend=compile_backend)
     return ctx
 
@@ -99,11 +110,19 @@ def test_channels_last_step_matches(fp32_losses):
 
 
 def test_compiled_step_matches_eager(fp32_losses):
-    """Graph capture of the model (dynamo + AOT autograd) keeps the step's numbers."""
-    got = _steps(_context(compile_backend="aot_eager"), num_steps=2)
+    """train.compile_scope=step: network, augmentation and objective captured as graphs
+    (dynamo + AOT autograd) give the eager step's numbers."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    ctx = _context(compile_backend="aot_eager", compile_scope="step")
+    got = _steps(ctx, num_steps=2)
     for ref, step in zip(fp32_losses, got):
         for k in TERMS:
             assert step[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), k
+    # the network (one graph), the augmentation (one per modality), the objective (>= 1)
+    assert counters["stats"]["unique_graphs"] >= 4, dict(counters["stats"])
 
 
 def _can_inductor() -> bool:
@@ -347,3 +366,20 @@ def test_amp_auto_picks_bfloat16_only_where_it_is_native(monkeypatch, native, ex
     assert resolve_amp("auto", torch.device("cpu")) is None
     assert resolve_amp("bfloat16", torch.device("cuda")) == torch.bfloat16
     assert resolve_amp("off", torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_train_deterministic_sets_cudnn(monkeypatch, deterministic):
+    """train.deterministic: cuDNN deterministic algorithms and no autotuning on CUDA; the
+    default keeps cudnn.benchmark on. The CPU is left alone."""
+    from dclnet.config import load_config
+    from dclnet.engine.step import configure_cudnn
+
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "deterministic", not deterministic)
+    monkeypatch.setattr(cudnn, "benchmark", deterministic)
+    configure_cudnn(torch.device("cpu"), deterministic)
+    assert (cudnn.deterministic, cudnn.benchmark) == (not deterministic, deterministic)
+    cfg = load_config(None, [f"train.deterministic={str(deterministic).lower()}"])
+    configure_cudnn(torch.device("cuda"), cfg.train.deterministic)
+    assert (cudnn.deterministic, cudnn.benchmark) == (deterministic, not deterministic)

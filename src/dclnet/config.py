@@ -38,6 +38,7 @@ OPTIMIZERS = ("adam", "sgd")
 PRESETS = ("baseline", "dcl_stripes", "dcl_pap", "full")
 VALIDATION = ("none", "sysu", "fraction")
 AMP_DTYPES = ("auto", "bfloat16", "float16", "off")
+COMPILE_SCOPES = ("step", "network")  # what train.compile=true compiles
 VERIFY_CACHE = ("stat", "hash")
 
 
@@ -137,7 +138,9 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     amp: str = "auto"  # one of AMP_DTYPES; "auto" = bf16 where supported on CUDA, else off
     channels_last: bool = False
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the step (what: train.compile_scope)
+    compile_scope: str = "step"  # one of COMPILE_SCOPES: "step" adds augmentation + objective
+    deterministic: bool = False  # CUDA: cuDNN deterministic algorithms, no benchmark (slower)
     eval_every: int = 0  # evaluate every N epochs (0 = only at the end)
     validation: str = "none"  # one of VALIDATION; selects best.pt without test data
     val_fraction: float = 0.1  # share of training identities held out for "fraction"
@@ -188,6 +191,7 @@ _CHOICES = {
     "optim.optimizer": OPTIMIZERS,
     "train.validation": VALIDATION,
     "train.amp": AMP_DTYPES,
+    "train.compile_scope": COMPILE_SCOPES,
     "augment.channel_aug": ("none", "exchange"),
     "eval.mode": ("all", "indoor"),
     "eval.shots": (1, 10),

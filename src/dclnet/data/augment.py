@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +211,84 @@ def _box_mask(boxes: Tensor, h: int, w: int) -> Tensor:
     return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
 
 
+class AugmentDraws(NamedTuple):
+    """One batch's random augmentation parameters, drawn on the CPU (see :func:`draw`).
+
+    ``gray``: N bool, grayscale / channel step fires; ``channel``: N int64 in 0-3 (R, G, B,
+    luma); ``offsets``: N x 2 int64 crop offsets; ``flip``: N bool; ``boxes``: N x 4 int64
+    erase rectangles (top, left, bottom, right).
+    """
+
+    gray: Tensor
+    channel: Tensor
+    offsets: Tensor
+    flip: Tensor
+    boxes: Tensor
+
+    def to(self, device: torch.device) -> AugmentDraws:
+        """The draws on ``device``, copied without blocking."""
+        return AugmentDraws(*(t.to(device, non_blocking=True) for t in self))
+
+
+def draw(
+    n: int, h: int, w: int, config: AugmentConfig, generator: torch.Generator | None = None
+) -> AugmentDraws:
+    """Every random number of :func:`augment_batch` for ``n`` images of ``h x w``, on the CPU.
+
+    Every draw happens on every call, in this order, so one seed gives one result whatever
+    the probabilities or the modality.
+    """
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"the generator must live on the CPU, got {generator.device}")
+    gray = torch.rand(n, generator=generator) < config.grayscale_p
+    channel = torch.randint(0, 4, (n,), generator=generator)
+    offsets = torch.randint(0, 2 * config.pad_crop + 1, (n, 2), generator=generator)
+    flip = torch.rand(n, generator=generator) < config.flip_p
+    boxes = _erase_boxes(n, h, w, config, generator)
+    if config.channel_aug == "none":
+        channel = torch.full_like(channel, 3)  # luma only
+    return AugmentDraws(gray, channel, offsets, flip, boxes)
+
+
+def apply_augment(
+    images: Tensor, modality: str, config: AugmentConfig, draws: AugmentDraws
+) -> tuple[Tensor, Tensor]:
+    """The deterministic part of :func:`augment_batch`: ``draws`` applied to ``images``.
+
+    Pure tensor code on the images' device (``draws`` must be there too), with no random
+    numbers and no host data: what ``train.compile`` compiles.
+
+    Args:
+        images: ``N x H x W x 3`` uint8 (or any layout :func:`to_float` accepts).
+        modality: ``"visible"`` or ``"infrared"``.
+        config: Augmentation settings (``pad_crop`` is read here).
+        draws: :func:`draw` of this batch, on the images' device.
+
+    Returns:
+        ``(images, erased)`` as :func:`augment_batch`.
+    """
+    x = to_float(images)  # N x 3 x H x W
+    h, w = x.shape[-2:]
+    if modality == VISIBLE:
+        x = _single_channel(x, draws.gray, draws.channel)
+    if config.pad_crop > 0:
+        x = _pad_crop(x, config.pad_crop, draws.offsets)
+    x = normalize(_flip(x, draws.flip))
+    erased = _box_mask(draws.boxes, h, w)  # N x H x W
+    return x.masked_fill(erased.unsqueeze(1), 0.0), erased
+
+
+def image_size(images: Tensor) -> tuple[int, int, int]:
+    """``(N, H, W)`` of images in either layout :func:`to_float` accepts."""
+    if images.ndim != 4 or 3 not in (images.shape[-1], images.shape[1]):
+        raise ValueError(
+            f"expected N x H x W x 3 or N x 3 x H x W images, got shape {tuple(images.shape)}"
+        )
+    if images.shape[-1] == 3:
+        return images.shape[0], images.shape[1], images.shape[2]
+    return images.shape[0], images.shape[2], images.shape[3]
+
+
 def augment_batch(
     images: Tensor,
     modality: str,
@@ -232,27 +311,5 @@ def augment_batch(
         and the ``N x H x W`` bool mask of exactly those erased pixels.
     """
     check_modality(modality)
-    if generator is not None and generator.device.type != "cpu":
-        raise ValueError(f"the generator must live on the CPU, got {generator.device}")
-    x = to_float(images)  # N x 3 x H x W
-    n, _, h, w = x.shape
-    device = x.device
-    # Every draw happens on every call, in this order, so one seed gives one result
-    # whatever the probabilities or the modality.
-    gray = torch.rand(n, generator=generator) < config.grayscale_p
-    channel = torch.randint(0, 4, (n,), generator=generator)
-    offsets = torch.randint(0, 2 * config.pad_crop + 1, (n, 2), generator=generator)
-    flip = torch.rand(n, generator=generator) < config.flip_p
-    boxes = _erase_boxes(n, h, w, config, generator)
-
-    if modality == VISIBLE:
-        if config.channel_aug == "none":
-            channel = torch.full_like(channel, 3)  # luma only
-        x = _single_channel(
-            x, gray.to(device, non_blocking=True), channel.to(device, non_blocking=True)
-        )
-    if config.pad_crop > 0:
-        x = _pad_crop(x, config.pad_crop, offsets.to(device, non_blocking=True))
-    x = normalize(_flip(x, flip.to(device, non_blocking=True)))
-    erased = _box_mask(boxes.to(device, non_blocking=True), h, w)  # N x H x W
-    return x.masked_fill(erased.unsqueeze(1), 0.0), erased
+    draws = draw(*image_size(images), config, generator)
+    return apply_augment(images, modality, config, draws.to(images.device))

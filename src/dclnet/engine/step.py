@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dclnet.data.augment import AugmentConfig, augment_batch
+from dclnet.data.augment import AugmentConfig, apply_augment, draw, image_size
 from dclnet.data.datasets import TrainData
 from dclnet.data.records import INFRARED, VISIBLE
 from dclnet.engine import distributed as dist_utils
@@ -47,6 +47,8 @@ class StepContext:
     amp_dtype: torch.dtype | None
     channels_last: bool = False
     cam_fold_bn: bool = False  # CAMs scored with the part BNNeck's scale folded in
+    augment_fn: Callable[..., tuple[Tensor, Tensor]] = apply_augment  # or its compiled form
+    objective_fn: Callable[..., dict[str, Tensor]] = dclnet_objective  # or its compiled form
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -69,6 +71,20 @@ def _native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     with torch.cuda.device(device.index):
         return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def configure_cudnn(device: torch.device, deterministic: bool) -> None:
+    """cuDNN settings of a run on ``device`` (no effect on the CPU).
+
+    ``deterministic``: cuDNN's deterministic algorithms without autotuning, so a run (and a
+    resumed run) repeats its convolutions exactly; otherwise ``benchmark`` autotunes the
+    fastest kernels once per input size (one size in training), which may differ between
+    processes and runs.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
@@ -142,11 +158,15 @@ def train_step(
         Detached weighted loss terms (and ``"total"``), still on the device: no host sync.
     """
     device = ctx.device
-    vis, vis_erased = augment_batch(
-        visible.to(device, non_blocking=True), VISIBLE, ctx.augment, gen
+    # The random draws stay eager on the CPU generator (visible first, as augment_batch);
+    # applying them is pure device code, compiled with train.compile_scope=step.
+    vis_draws = draw(*image_size(visible), ctx.augment, gen).to(device)
+    ir_draws = draw(*image_size(infrared), ctx.augment, gen).to(device)
+    vis, vis_erased = ctx.augment_fn(
+        visible.to(device, non_blocking=True), VISIBLE, ctx.augment, vis_draws
     )
-    ir, ir_erased = augment_batch(
-        infrared.to(device, non_blocking=True), INFRARED, ctx.augment, gen
+    ir, ir_erased = ctx.augment_fn(
+        infrared.to(device, non_blocking=True), INFRARED, ctx.augment, ir_draws
     )
     if ctx.channels_last:
         vis, ir = (
@@ -159,7 +179,7 @@ def train_step(
         device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None
     ):
         out = ctx.model(vis, ir)
-    losses = dclnet_objective(
+    losses = ctx.objective_fn(
         out, targets, erased, part_weight=ctx.net.cam_weight(ctx.cam_fold_bn), **ctx.loss_kwargs
     )
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -221,6 +241,9 @@ class BatchPrefetcher:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+COMPILE_SCOPES = ("step", "network")
+
+
 def build_step_context(
     net: DCLNet,
     optimizer: torch.optim.Optimizer,
@@ -231,6 +254,8 @@ def build_step_context(
     augment: AugmentConfig,
     channels_last: bool = False,
     compile: bool = False,
+    compile_scope: str = "step",
+    compile_backend: str = "inductor",
     sync_bn: bool = False,
     cam_fold_bn: bool = False,
 ) -> StepContext:
@@ -238,10 +263,26 @@ def build_step_context(
 
     ``net`` must already be on ``device`` (in channels-last layout when ``channels_last``),
     with :func:`freeze_unused` applied. A float16 run gets an enabled GradScaler.
+
+    With ``compile``, ``compile_scope="network"`` compiles the (DDP-wrapped) network;
+    ``"step"`` compiles the augmentation (:func:`~dclnet.data.augment.apply_augment`) and
+    the objective too, so that their few hundred small operations each run as fused kernels
+    instead of one host-side dispatch apiece. The random draws, the backward pass and the
+    optimiser step stay eager. ``compile_backend`` is ``torch.compile``'s backend
+    (``"aot_eager"`` in the CPU tests).
     """
+    if compile_scope not in COMPILE_SCOPES:
+        raise ConfigError(
+            f"train.compile_scope={compile_scope!r} is not valid; choose one of "
+            f"{', '.join(COMPILE_SCOPES)}"
+        )
     model = dist_utils.wrap_model(net, device, sync_bn=sync_bn)
+    augment_fn, objective_fn = apply_augment, dclnet_objective
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, backend=compile_backend)
+        if compile_scope == "step":
+            augment_fn = torch.compile(apply_augment, backend=compile_backend)
+            objective_fn = torch.compile(dclnet_objective, backend=compile_backend)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return StepContext(
         model,
@@ -254,4 +295,6 @@ def build_step_context(
         amp_dtype,
         channels_last,
         cam_fold_bn,
+        augment_fn,
+        objective_fn,
     )

@@ -39,6 +39,7 @@ from dclnet.engine.step import (
     BatchPrefetcher,
     StepContext,
     build_step_context,
+    configure_cudnn,
     freeze_unused,
     resolve_amp,
     step_generator,
@@ -291,8 +292,7 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
     amp_dtype = resolve_amp(cfg.train.amp, device)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed % 2**32)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # one input size: pick the fastest kernels once
+    configure_cudnn(device, cfg.train.deterministic)
     if is_main:
         logger.info("%s training in %s", "resuming" if resume else "starting", output)
         logger.info("%s", config_summary(cfg))
@@ -326,6 +326,7 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
         augment=_augment_config(cfg),
         channels_last=cfg.train.channels_last,
         compile=cfg.train.compile,
+        compile_scope=cfg.train.compile_scope,
         sync_bn=cfg.train.sync_bn,
         cam_fold_bn=cfg.loss.cam_fold_bn,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -12,6 +14,43 @@ from tqdm.auto import tqdm
 from dclnet import process_group
 from dclnet.data.augment import test_transform
 from dclnet.data.records import MODALITIES
+
+
+def _batches(mods: np.ndarray, rows: np.ndarray, batch_size: int) -> list[tuple[str, np.ndarray]]:
+    """``(modality, positions within rows)`` of every batch; batches never mix modalities."""
+    out = []
+    for modality in MODALITIES:
+        index = np.flatnonzero(mods[rows] == modality)  # positions within ``rows``
+        out += [(modality, index[s : s + batch_size]) for s in range(0, len(index), batch_size)]
+    return out
+
+
+def _gather(images: np.ndarray, index: np.ndarray, pin: bool) -> torch.Tensor:
+    """``images[index]`` as a tensor, read straight into pinned memory when ``pin``."""
+    if not pin:
+        return torch.from_numpy(np.ascontiguousarray(images[index]))
+    dtype = torch.from_numpy(np.empty(0, dtype=images.dtype)).dtype
+    out = torch.empty((len(index), *images.shape[1:]), dtype=dtype, pin_memory=True)
+    np.take(images, index, axis=0, out=out.numpy())
+    return out
+
+
+def _prefetched(
+    images: np.ndarray, indices: list[np.ndarray], pin: bool, ahead: int = 2
+) -> Iterator[torch.Tensor]:
+    """The batches ``images[i]`` for ``i`` in ``indices``, read ``ahead`` batches in advance
+    by a background thread (memory-map reads and the copy release the GIL)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dclnet-extract")
+    pending: deque = deque()
+    try:
+        for index in indices:
+            pending.append(pool.submit(_gather, images, index, pin))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _embed_rows(
@@ -28,23 +67,29 @@ def _embed_rows(
 ) -> torch.Tensor | None:
     """Embeddings of ``images[rows]`` (``len(rows) x D`` on the CPU), None when ``rows`` is empty.
 
-    Batches never mix modalities: each goes through its own modality's branch.
+    Batches never mix modalities: each goes through its own modality's branch. On CUDA the
+    next batches are read into pinned memory in the background and copied without blocking;
+    the embeddings stay on the device and come back to the host once, at the end.
     """
-    out: torch.Tensor | None = None
-    for modality in MODALITIES:
-        index = np.flatnonzero(mods[rows] == modality)  # positions within ``rows``
-        for start in range(0, len(index), batch_size):
-            pos = index[start : start + batch_size]
-            batch = torch.from_numpy(np.ascontiguousarray(images[rows[pos]])).to(device)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
-                emb = model.embed(test_transform(batch), modality, flip=flip).float()
-            if out is None:
-                out = torch.empty(len(rows), emb.shape[1], dtype=torch.float32)
-            out[torch.from_numpy(pos)] = emb.cpu()
-            bar.update(len(pos))
-    return out
+    batches = _batches(mods, rows, batch_size)
+    if not batches:
+        return None
+    pin = device.type == "cuda"
+    embedded: list[torch.Tensor] = []  # on the device, in batch order
+    for (modality, pos), batch in zip(
+        batches, _prefetched(images, [rows[pos] for _, pos in batches], pin)
+    ):
+        batch = batch.to(device, non_blocking=True)
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            embedded.append(model.embed(test_transform(batch), modality, flip=flip).float())
+        bar.update(len(pos))
+    order = torch.from_numpy(np.concatenate([pos for _, pos in batches]))
+    feats = torch.cat(embedded)  # len(rows) x D, batch order
+    out = torch.empty_like(feats)
+    out[order.to(device, non_blocking=True)] = feats  # back to row order
+    return out.cpu()
 
 
 @torch.inference_mode()

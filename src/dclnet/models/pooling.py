@@ -2,9 +2,10 @@
 
 GeM with exponent p: ``f_c = (mean_hw X_c^p + eps)^(1/p)`` (docs/method.md §3, p = 3, eps = 1e-12).
 X is a post-ReLU map, hence non-negative; it is clamped at 0 anyway so that a fractional power
-of a negative value can never produce NaN. Low-precision inputs (float16 / bfloat16) are pooled
-in float32, since ``X^3`` overflows float16 and 1e-12 underflows it, and the result is cast
-back to the input's dtype.
+of a negative value can never produce NaN. Low-precision inputs (float16 / bfloat16, e.g. a
+backbone map under autocast) are pooled in float32, since ``X^3`` overflows float16 and 1e-12
+underflows it, and the result stays float32: the metric losses and the part branch take the
+pooled features as float32 (float32 and float64 inputs keep their dtype).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ def _powered(x: Tensor, p: float) -> Tensor:
 
 
 def gem(x: Tensor, p: float = 3.0, eps: float = 1e-12) -> Tensor:
-    """GeM over the spatial dimensions: ``N x C x H x W`` → ``N x C``."""
+    """GeM over the spatial dimensions: ``N x C x H x W`` → ``N x C`` (float32 for
+    float16 / bfloat16 input)."""
     pooled = _powered(x, p).mean(dim=(-2, -1))  # N x C
-    return pooled.add(eps).pow(1.0 / p).to(x.dtype)
+    return pooled.add(eps).pow(1.0 / p)
 
 
 def stripe_bounds(height: int, parts: int) -> tuple[list[int], list[int]]:
@@ -49,7 +51,8 @@ def stripe_weights(height: int, parts: int, *, dtype: torch.dtype, device: torch
 
 
 def stripe_gem(x: Tensor, parts: int = 6, p: float = 3.0, eps: float = 1e-12) -> Tensor:
-    """GeM over each of ``parts`` horizontal stripes: ``N x C x H x W`` → ``N x C x parts``.
+    """GeM over each of ``parts`` horizontal stripes: ``N x C x H x W`` → ``N x C x parts``
+    (float32 for float16 / bfloat16 input).
 
     Stripe k covers rows ``stripe_bounds(H, parts)[k]``; a mean over a stripe is the mean over
     its rows of the per-row means over the width, which is what the weight matrix applies.
@@ -59,7 +62,7 @@ def stripe_gem(x: Tensor, parts: int = 6, p: float = 3.0, eps: float = 1e-12) ->
     weights = stripe_weights(x.shape[-2], parts, dtype=rows.dtype, device=x.device)  # n x H
     # Broadcast-and-sum rather than a matmul: autocast would run a matmul in float16.
     pooled = (rows[:, :, None, :] * weights).sum(dim=-1)  # N x C x parts
-    return pooled.add(eps).pow(1.0 / p).to(x.dtype)
+    return pooled.add(eps).pow(1.0 / p)
 
 
 class GeM(nn.Module):
