@@ -76,14 +76,22 @@ def claim_run_folder(output: Path, *, resume: bool, overwrite: bool):
     return lock
 
 
-def _check_run_folder(output: Path, *, resume: bool, overwrite: bool) -> None:
-    for stale in output.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    if resume:  # the run appends to these: a planted link must not redirect it
-        for name in RUN_FILES:
-            refuse_link(output / name)
-        return
-    present = sorted(p.name for p in output.iterdir() if p.name != LOCK_NAME)
+def refuse_used_run_folder(output: Path, *, overwrite: bool, can_resume: bool = True) -> list[str]:
+    """Refuse ``output`` for a fresh run when it holds anything, or (``overwrite``) anything
+    but a previous run's own files; changes nothing. A folder that does not exist is free;
+    the lock and stale ``.*.tmp`` files (:func:`claim_run_folder` deletes them) do not count.
+    ``can_resume``: whether the hint offers ``--resume`` (``dclnet demo`` has none).
+
+    Returns:
+        The names ``overwrite`` would delete (empty for a free folder).
+
+    Raises:
+        TrainingError: One line naming the folder, what it holds and the way out.
+    """
+    if not output.is_dir():
+        return []
+    stale = {p.name for p in output.glob(".*.tmp")}
+    present = sorted(p.name for p in output.iterdir() if p.name not in stale | {LOCK_NAME})
     owned = set(RUN_FILES) | set(RUN_DIRS) | {p.name for g in RUN_GLOBS for p in output.glob(g)}
     foreign = [name for name in present if name not in owned]
     if foreign or (present and not overwrite):
@@ -95,8 +103,21 @@ def _check_run_folder(output: Path, *, resume: bool, overwrite: bool) -> None:
             if overwrite
             else "continue it with --resume, start over with --overwrite, or choose another "
             "--output"
+            if can_resume
+            else "start over with --overwrite, or choose another --output"
         )
         raise TrainingError(f"run folder {output} is not empty ({shown}): {hint}")
+    return present
+
+
+def _check_run_folder(output: Path, *, resume: bool, overwrite: bool) -> None:
+    for stale in output.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    if resume:  # the run appends to these: a planted link must not redirect it
+        for name in RUN_FILES:
+            refuse_link(output / name)
+        return
+    present = refuse_used_run_folder(output, overwrite=overwrite)
     for name in present:  # overwrite: only the previous run's own files are left
         path = output / name
         if path.is_dir() and not path.is_symlink():

@@ -26,8 +26,8 @@ from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.run_data import load_eval_data_for
-from dclnet.engine.run_folder import LOCK_NAME
-from dclnet.engine.train import check_weights, fit, resolve_device
+from dclnet.engine.run_folder import LOCK_NAME, refuse_used_run_folder
+from dclnet.engine.train import check_weights, fit, loss_kwargs, resolve_device
 from dclnet.errors import CheckpointError, ConfigError, DclnetError, TrainingError
 from dclnet.evaluation.protocols import METRIC_KEYS, ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
@@ -343,10 +343,50 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _effective_recipe(kwargs: dict[str, Any]) -> tuple:
+    """What decides a loss: the weights, the dense loss's masks (if it is on) and SRM (PAP)."""
+    weights = kwargs["weights"]
+    masks = kwargs["dcl_masks"] if weights.dcl > 0 else None
+    return weights, masks, bool(kwargs["srm"]) if masks == "pap" else None
+
+
+def loss_summary(cfg: Config) -> str:
+    """One phrase naming the loss a run trains with, e.g. ``loss id+metric+part_id+pap+dcl,
+    PAP masks + SRM (= loss.preset full)``; the preset is named whether ``loss.preset`` sets
+    it or the individual ``loss.*`` keys amount to it (``dclnet config`` then shows
+    ``preset: null``), and ``custom`` when no preset matches.
+    """
+    from dclnet.losses.objective import ABLATIONS
+
+    kwargs = loss_kwargs(cfg)
+    weights, masks, srm = _effective_recipe(kwargs)
+    terms = [
+        name if value == 1.0 else f"{name} x{value:g}"
+        for name, value in dataclasses.asdict(weights).items()
+        if value > 0
+    ]
+    text = "loss " + ("+".join(terms) or "none")
+    if masks is not None:
+        text += ", PAP masks" if masks == "pap" else ", stripe masks"
+        text += (" + SRM" if srm else ", no SRM") if masks == "pap" else ""
+    if cfg.loss.preset is not None:
+        return f"{text} (loss.preset {cfg.loss.preset})"
+    same = [
+        name
+        for name, preset in ABLATIONS.items()
+        if _effective_recipe({**kwargs, **preset}) == (weights, masks, srm)
+    ]
+    return f"{text} (= loss.preset {same[0]})" if same else f"{text} (custom: no loss.preset)"
+
+
 def run_demo(
     output: Path, *, config: Path | None, overrides: list[str] | None, overwrite: bool = False
 ) -> dict:
     """``dclnet demo``: raw-pixel baseline, then DCLNet trained and tested, on synthetic data.
+
+    A used ``output`` is refused first, before the baseline's data are rendered (as
+    :func:`~dclnet.engine.train.fit` would refuse it later); the banner names the loss terms
+    and the ``loss.preset`` they amount to (:func:`loss_summary`).
 
     Returns:
         ``baseline`` and ``dclnet`` protocol results, the resolved ``config``, ``seconds``
@@ -358,6 +398,7 @@ def run_demo(
     from dclnet.evaluation.protocols import evaluate_splits
 
     start = time.perf_counter()
+    refuse_used_run_folder(output, overwrite=overwrite, can_resume=False)  # before any work
     cfg = resolve_run_config(config, overrides, dataset="synthetic")
     check_weights(cfg)  # before the baseline renders the data
     d = cfg.data
@@ -367,7 +408,7 @@ def run_demo(
     print(format_table(base))
     print(
         f"\nTraining DCLNet ({cfg.model.arch}, {d.height}x{d.width}, {cfg.optim.epochs} epochs, "
-        f"loss preset {cfg.loss.preset or 'custom/full'}) on the SYNTHETIC set -> {output}"
+        f"{loss_summary(cfg)}) on the SYNTHETIC set -> {output}"
     )
     result = fit(cfg, output, overwrite=overwrite)
     print("\nSYNTHETIC data — summary (mean over trials, percent):")

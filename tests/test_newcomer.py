@@ -1,0 +1,94 @@
+"""What a newcomer tripped over on a fresh clone (issue 17, item 7), one test each."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dclnet.cli import CONFIG_DIR, main
+from dclnet.config import load_config
+from dclnet.engine import runs
+from dclnet.errors import DclnetError
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the demo started work (rendering the baseline's data)")
+
+
+@pytest.mark.parametrize(
+    ("present", "overwrite", "message"),
+    [
+        (["last.pt", "metrics.jsonl"], False, "start over with --overwrite, or choose another"),
+        (["notes.txt"], True, "--overwrite deletes only a run's own files"),
+    ],
+    ids=["previous demo", "foreign file with --overwrite"],
+)
+def test_second_demo_refuses_a_used_folder_before_any_work(
+    tmp_path, monkeypatch, capsys, present, overwrite, message
+):
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name in present:
+        (out / name).write_text("x")
+    monkeypatch.setattr(runs, "load_eval_data_for", _no_work)
+    argv = ["demo", "--output", str(out)] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no raw-pixel table
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"error: run folder {out} is not empty") and message in line
+    assert "--resume" not in line  # dclnet demo has no --resume
+    assert sorted(p.name for p in out.iterdir()) == sorted(present)  # nothing deleted
+
+
+def test_demo_passes_an_overwritable_folder_on_to_the_run(tmp_path, monkeypatch):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "last.pt").write_text("x")
+
+    def stop(*args, **kwargs):
+        raise DclnetError("stopped at the data")
+
+    monkeypatch.setattr(runs, "load_eval_data_for", stop)
+    with pytest.raises(DclnetError, match="stopped at the data"):
+        runs.run_demo(out, config=CONFIG_DIR / "tiny.yaml", overrides=[], overwrite=True)
+    assert (out / "last.pt").is_file()  # the check deletes nothing; fit's claim does
+
+
+def test_demo_banner_and_config_agree_on_the_loss(tmp_path, monkeypatch, capsys):
+    def stop(*args, **kwargs):
+        raise DclnetError("stopped after the banner")
+
+    monkeypatch.setattr(runs, "fit", stop)
+    argv = ["demo", "--config", "tiny", "--output", str(tmp_path / "d"), "eval.trials=1"]
+    assert main(argv) == 2
+    banner = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Training DCLNet")]
+    assert len(banner) == 1
+    assert "loss id+metric+part_id+pap+dcl, PAP masks + SRM (= loss.preset full)" in banner[0]
+    assert "custom" not in banner[0]
+    assert main(["config", "--config", "tiny"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["loss"]["preset"] is None  # what `dclnet config` shows: the keys, no preset
+    assert runs.loss_summary(load_config(CONFIG_DIR / "demo.yaml", [])).endswith(
+        "(= loss.preset full)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "summary"),
+    [
+        (["loss.preset=baseline"], "loss id+metric (loss.preset baseline)"),
+        (
+            ["loss.srm=false"],
+            "loss id+metric+part_id+pap+dcl, PAP masks, no SRM (= loss.preset dcl_pap)",
+        ),  # fmt: skip
+        (["loss.pap=0", "loss.part_id=0", "loss.dcl=0"], "loss id+metric (= loss.preset baseline)"),
+        (
+            ["loss.dcl_masks=stripes", "loss.pap=0", "loss.part_id=0"],
+            "loss id+metric+dcl, stripe masks (= loss.preset dcl_stripes)",
+        ),
+        (["loss.dcl=0.5"], "dcl x0.5, PAP masks + SRM (custom: no loss.preset)"),
+    ],
+)
+def test_loss_summary_names_the_preset_the_keys_amount_to(overrides, summary):
+    assert runs.loss_summary(load_config(None, overrides)).endswith(summary)
