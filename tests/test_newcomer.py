@@ -92,3 +92,19 @@ def test_demo_banner_and_config_agree_on_the_loss(tmp_path, monkeypatch, capsys)
 )
 def test_loss_summary_names_the_preset_the_keys_amount_to(overrides, summary):
     assert runs.loss_summary(load_config(None, overrides)).endswith(summary)
+
+
+def test_missing_best_pt_points_at_last_pt(tmp_path, capsys):
+    run = tmp_path / "demo"
+    run.mkdir()
+    argv = ["test", "--checkpoint", str(run / "best.pt"), "--dataset", "synthetic"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: checkpoint {run / 'best.pt'} does not exist\n"
+    (run / "last.pt").write_bytes(b"")  # only its existence matters here
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: checkpoint {run / 'best.pt'} does not exist; best.pt is written only with a "
+        "validation split (train.validation), and this run has last.pt: --checkpoint "
+        f"{run / 'last.pt'}"
+    )

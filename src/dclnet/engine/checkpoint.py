@@ -51,7 +51,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist{_missing_hint(path)}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
@@ -71,6 +71,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a dclnet checkpoint (no '{FORMAT}' marker)")
     check_fields(state, path)
     return state
+
+
+def _missing_hint(path: Path) -> str:
+    """What to pass instead of a missing ``best.pt`` whose run folder holds ``last.pt``."""
+    last = path.with_name("last.pt")
+    if path.name != "best.pt" or not last.is_file():
+        return ""
+    return (
+        "; best.pt is written only with a validation split (train.validation), and this run "
+        f"has last.pt: --checkpoint {last}"
+    )
 
 
 def _field_error(path: Path, key: str, expected: str, value: Any) -> CheckpointError:
