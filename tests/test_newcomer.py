@@ -108,3 +108,49 @@ def test_missing_best_pt_points_at_last_pt(tmp_path, capsys):
         "validation split (train.validation), and this run has last.pt: --checkpoint "
         f"{run / 'last.pt'}"
     )
+
+
+def _subcommands() -> dict:
+    import argparse
+
+    from dclnet.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def _example_commands(epilog: str) -> list[list[str]]:
+    """``dclnet ...`` lines of an epilog (continuations joined, shell redirection cut)."""
+    import shlex
+
+    commands, pending = [], ""
+    for line in epilog.splitlines():
+        text = pending + line.strip()
+        if text.endswith("\\"):
+            pending = text[:-1] + " "
+            continue
+        pending = ""
+        if text.startswith("dclnet "):
+            commands.append(shlex.split(text.split(" > ")[0])[1:])
+    return commands
+
+
+@pytest.mark.parametrize("command", ["train", "test", "demo", "config"])
+def test_help_ends_with_examples_that_parse(command):
+    parser, subs = _subcommands()
+    help_text = subs[command].format_help()
+    assert "\nexamples:\n" in help_text
+    examples = _example_commands(help_text.split("\nexamples:\n", 1)[1])
+    assert len(examples) >= 3 and examples[0][0] == command
+    for argv in examples:
+        parser.parse_args(argv)  # SystemExit (usage error) fails the test
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "config"])
+def test_config_help_lists_every_bundled_recipe(command):
+    _, subs = _subcommands()
+    action = next(a for a in subs[command]._actions if a.dest == "config")
+    recipes = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert {"study", "study96", "demo", "sysu"} <= set(recipes)
+    assert ", ".join(recipes) in action.help  # every one, from the folder, not a fixed list

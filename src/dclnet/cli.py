@@ -42,6 +42,52 @@ Run folder: config.yaml, log.txt (what the console shows), metrics.jsonl, last.p
 best.pt (with a validation split) and test_results.json; see docs/training.md.
 """
 
+DEMO_EXAMPLES = """\
+examples:
+  # the README's demo: raw-pixel baseline, then DCLNet trained and tested (CPU)
+  dclnet demo
+  # again with another training seed, into a new run folder
+  dclnet demo --output runs/demo-seed1 train.seed=1
+  # replace the previous demo and keep its numbers, timing and machine as JSON
+  dclnet demo --overwrite --json demo.json
+  # a one-minute check that everything runs (the smoke recipe, random init)
+  dclnet demo --config tiny --output runs/demo-tiny
+
+Writes the run folder of `dclnet train` (last.pt, no best.pt: the demo has no validation
+split); use it with `dclnet test --checkpoint runs/demo/last.pt --dataset synthetic`.
+"""
+
+TEST_EXAMPLES = """\
+examples:
+  # the demo's model on the synthetic test set (the checkpoint's own synthetic seed)
+  dclnet test --checkpoint runs/demo/last.pt --dataset synthetic
+  # SYSU-MM01: all-search single-shot (the default), then indoor-search 10-shot
+  dclnet test --checkpoint runs/sysu/best.pt --dataset sysu --root data/SYSU-MM01
+  dclnet test --checkpoint runs/sysu/best.pt --dataset sysu --root data/SYSU-MM01 \\
+      --mode indoor --shots 10 --json indoor10.json
+  # RegDB trial 3, thermal to visible, with flip-averaged features and re-ranking
+  dclnet test --checkpoint runs/regdb/trial3/last.pt --dataset regdb --root data/RegDB \\
+      --trial 3 --direction t2v --flip --rerank
+
+best.pt exists only in runs with a validation split (train.validation); last.pt always.
+"""
+
+CONFIG_EXAMPLES = """\
+examples:
+  # what `dclnet train --config sysu` would use
+  dclnet config --config sysu
+  # a recipe of your own: the demo with 20 epochs, written out and trained
+  dclnet config --config demo optim.epochs=20 > my.yaml
+  dclnet train --config my.yaml --output runs/mine
+  # every key with its type, default and meaning
+  dclnet config --keys
+"""
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped in ``dclnet/configs`` (``--config NAME``), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Help that states every default: ``(default: X)``, ``(default: off)`` for flags.
@@ -109,7 +155,7 @@ def resolve_config_path(value: str | None) -> Path | None:
     bundled = CONFIG_DIR / f"{value}.yaml"
     if bundled.exists():
         return bundled
-    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    names = ", ".join(bundled_recipes())
     raise DclnetError(f"config {value!r} is neither a file nor a bundled recipe ({names})")
 
 
@@ -250,18 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     overrides_help = "section.key=value overrides, e.g. optim.epochs=10 (default: none)"
+    recipes = ", ".join(bundled_recipes())
     recipe_help = (
-        "YAML recipe, or a bundled name: demo, tiny, sysu, regdb, llcm "
+        f"YAML recipe, or a bundled name: {recipes} "
         "(default: none, i.e. the built-in defaults; see `dclnet config --keys`)"
     )
 
     p = sub.add_parser(
         "demo",
         help="train and test DCLNet on the built-in synthetic set (CPU)",
+        epilog=DEMO_EXAMPLES,
         formatter_class=HelpFormatter,
     )
     p.add_argument("--output", type=Path, default=Path("runs/demo"), help="run folder")
-    p.add_argument("--config", default="demo", help="recipe, a YAML file or a bundled name")
+    p.add_argument(
+        "--config", default="demo", help=f"recipe: a YAML file or a bundled name ({recipes})"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in OUTPUT")
     p.add_argument(
         "--json",
@@ -309,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the config that `dclnet train` with the same --config and overrides\n"
         "would use (defaults, then recipe, then overrides) as YAML that --config reads back.\n"
         "--keys lists every key with its type, default and meaning.",
+        epilog=CONFIG_EXAMPLES,
         formatter_class=HelpFormatter,
     )
     p.add_argument("--config", help=recipe_help)
@@ -319,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "test",
         help="evaluate a checkpoint under a data set's full protocol",
+        epilog=TEST_EXAMPLES,
         formatter_class=HelpFormatter,
     )
     p.add_argument(
