@@ -154,3 +154,21 @@ def test_config_help_lists_every_bundled_recipe(command):
     recipes = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert {"study", "study96", "demo", "sysu"} <= set(recipes)
     assert ", ".join(recipes) in action.help  # every one, from the folder, not a fixed list
+
+
+def test_ci_run_cites_the_readme_section_and_command_it_runs():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    ci = (repo / ".ci" / "run").read_text(encoding="utf-8")
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    lines = ci.splitlines()
+    first = next(i for i, line in enumerate(lines) if i and not line.startswith("#"))
+    head = " ".join(line.lstrip("# ") for line in lines[1:first])  # the leading comment
+    cited = re.findall(r'"([^"]+)"', head)
+    assert cited, head
+    for name in cited:  # e.g. "**Tests**" in "## Quick start"
+        assert re.search(rf"^{re.escape(name)}", readme, re.MULTILINE), name
+    command = lines[lines.index("# --- the README test command, verbatim ---") + 1]
+    assert any(command in line for line in readme.splitlines() if line.startswith("python3 -m"))
