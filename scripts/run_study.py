@@ -63,6 +63,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def library_commit() -> str | None:
+    """The git commit of the dclnet source this process imported (None outside a checkout)."""
+    import subprocess
+
+    import dclnet
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(dclnet.__file__).parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
 def finished(out: Path, kept: Path | None) -> dict | None:
     """A finished run's results (``kept`` first, then ``OUT/study.json``), or None."""
     for path in (kept, out / "study.json"):
@@ -110,6 +128,7 @@ def run_one(
         "train_and_test_seconds": seconds,
         "diagnose_seconds": time.perf_counter() - start - seconds,
         "load_average_end": list(os.getloadavg()),
+        "library_commit": library_commit(),
         **machine_info(),
         "backbone": {
             "file": Path(backbone).name if backbone else None,
