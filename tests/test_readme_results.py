@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     "doc, sections",
     [
         ("README.md", ("demo",)),
-        ("docs/study.md", ("locality", "study", "study96", "diagnose-full", "shift")),
+        ("docs/study.md", ("locality", "probe", "study", "study96", "diagnose-full", "shift")),
         ("docs/synthetic.md", ("comparison",)),
         (
             "docs/benchmarks.md",

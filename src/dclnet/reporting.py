@@ -180,6 +180,20 @@ def render_study(record: dict[str, Any], note: str = "") -> str:
     return "\n".join(lines)
 
 
+def render_probe(record: dict[str, Any]) -> str:
+    """One training run + its diagnosis: the command, identity metrics and the diagnose table."""
+    from dclnet.evaluation.diagnose import format_diagnosis
+
+    m = record["test"]["mean"]
+    return (
+        f"`{record['command']}` (synthetic data) on {_where(record)}, "
+        f"{record['train_and_test_seconds'] / 60:.1f} min train + test "
+        f"({record.get('load_note', 'quiet machine')}); rank-1 {m['rank1']:.2f}, mAP "
+        f"{m['mAP']:.2f}, mINP {m['mINP']:.2f}; `dclnet diagnose` printed:\n\n"
+        + _fenced(format_diagnosis(record["diagnose"]))
+    )
+
+
 def render_diagnosis(record: dict[str, Any]) -> str:
     """What ``dclnet diagnose`` printed for one checkpoint, with the command."""
     from dclnet.evaluation.diagnose import format_diagnosis
@@ -438,6 +452,7 @@ RENDERERS = {
         " (recorded when `configs/study.yaml` was this recipe; today add `--config study96`)",
     ),
     "diagnose-full": lambda r: render_diagnosis(_load(r, "diagnose_full_seed0")),
+    "probe": lambda r: render_probe(_load(r, "probe_study_full_seed0")),
     "shift": _shift_rows,
     "bench-eval": lambda r: render_bench_eval(_load(r, "bench_eval")),
     "bench-dense": lambda r: render_bench_dense(_load(r, "bench_dense_loss")),
