@@ -172,3 +172,44 @@ def test_ci_run_cites_the_readme_section_and_command_it_runs():
         assert re.search(rf"^{re.escape(name)}", readme, re.MULTILINE), name
     command = lines[lines.index("# --- the README test command, verbatim ---") + 1]
     assert any(command in line for line in readme.splitlines() if line.startswith("python3 -m"))
+
+
+def _sub(command: str):
+    import argparse
+
+    _, subs = _subcommands()
+    first, *rest = command.split()
+    sub = subs[first]
+    for name in rest:  # visualize embedding
+        kinds = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction))
+        sub = kinds.choices[name]
+    return sub
+
+
+@pytest.mark.parametrize(
+    "command", ["index", "search", "export", "visualize embedding", "visualize masks"]
+)
+def test_inference_help_states_every_default(command):
+    import argparse
+
+    sub = _sub(command)
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        text = formatter._get_help_string(action) or ""
+        assert "default" in text or "(required)" in text, (command, action.dest, text)
+    if command in ("index", "search"):  # written by the formatter: the help shows it
+        assert "images per forward pass (default: 64)" in " ".join(sub.format_help().split())
+
+
+def test_embedding_help_and_docs_say_how_many_identities_are_marked():
+    from pathlib import Path
+
+    from dclnet.inference.visualize_embedding import IDENTITY_MARKERS, MARKED
+
+    assert MARKED <= len(IDENTITY_MARKERS) and len(set(IDENTITY_MARKERS)) == len(IDENTITY_MARKERS)
+    labels = next(a for a in _sub("visualize embedding")._actions if a.dest == "labels")
+    assert f"up to {MARKED} identities are marked" in labels.help
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text()
+    assert f"up to {MARKED} identities marked" in docs and "colour = identity" not in docs

@@ -313,6 +313,65 @@ def test_embedding_png(world, tmp_path, method):
     assert png_size(out) == (700, 700)
 
 
+def test_marked_identities_prefer_both_modalities_and_spread():
+    from dclnet.inference.visualize_embedding import marked_identities
+
+    names = [f"{k:04d}" for k in range(64)]
+    labels = names[:32] * 2 + names[32:]  # 0..31 in both modalities, 32..63 visible only
+    mods = ["visible"] * 32 + ["infrared"] * 32 + ["visible"] * 32
+    # np.linspace(0, 31, 8).round(): 0, 4, 9, 13, 18, 22, 27, 31
+    assert marked_identities(labels, mods) == [names[k] for k in (0, 4, 9, 13, 18, 22, 27, 31)]
+    labels, mods = (
+        names[:3] * 2 + names[3:13],
+        ["visible"] * 3 + ["infrared"] * 3 + ["visible"] * 10,
+    )
+    # the three in both, then linspace(0, 9, 5).round() = 0, 2, 4, 7, 9 of the ten others
+    assert marked_identities(labels, mods) == names[:3] + [names[3 + k] for k in (0, 2, 4, 7, 9)]
+    assert marked_identities([None, "a"], ["visible", "infrared"]) == ["a"]
+    assert marked_identities(labels, mods, 0) == []
+
+
+def test_embedding_colours_by_modality_and_marks_a_few_identities(tmp_path, monkeypatch):
+    import matplotlib.colors as mcolors
+
+    from dclnet.inference import visualize_embedding as ve
+
+    figures = []
+    real_save = ve.save_figure
+    monkeypatch.setattr(
+        ve, "save_figure", lambda fig, out: figures.append(fig) or real_save(fig, out)
+    )
+    names = [f"{k:04d}" for k in range(64)]
+    labels = names * 2
+    mods = ["visible"] * 64 + ["infrared"] * 64
+    points = np.random.default_rng(0).normal(size=(128, 2))
+    out = ve.plot_embedding(points, labels, mods, tmp_path / "map.png")
+    (ax,) = figures[0].axes
+    allowed = {mcolors.to_hex(c) for c in ve.MODALITY_COLOURS.values()}
+    drawn = [c for col in ax.collections for c in col.get_facecolors() if len(col.get_offsets())]
+    assert {mcolors.to_hex(c) for c in drawn} == allowed  # every point: its modality's colour
+    assert len(ax.texts) == 2 * ve.MARKED  # 8 names, at each modality's centre
+    assert sorted({t.get_text() for t in ax.texts}) == ve.marked_identities(labels, mods)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:2] == ["visible (64)", "infrared (64)"] and len(legend) == 2 + ve.MARKED
+    assert ax.get_legend().get_title().get_text() == (
+        "colour = modality; 8 of 64 identities marked"
+    )
+    assert png_size(out) == (700, 700)
+
+
+def test_embedding_png_of_a_tiny_model_shows_both_modality_colours(world, tmp_path):
+    from dclnet.inference.visualize_embedding import MODALITY_COLOURS
+
+    out = tmp_path / "pca.png"
+    argv = ["visualize", "embedding", "--checkpoint", str(world["ckpt"]), "--device", "cpu",
+            "--visible", str(world["visible"]), "--infrared", str(world["infrared"]),
+            "--output", str(out)]  # fmt: skip
+    assert run_cli(argv) == 0
+    for colour in MODALITY_COLOURS.values():
+        assert colour_count(out, [int(colour[i : i + 2], 16) for i in (1, 3, 5)], tol=6) > 100
+
+
 # -- training curves ------------------------------------------------------------------------
 
 

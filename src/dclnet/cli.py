@@ -456,7 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
+    _state_defaults(parser)
     return parser
+
+
+def _state_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give every sub-command (``visualize embedding`` too) that the library registered with
+    argparse's plain formatter the :class:`HelpFormatter`, so that its help states defaults."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if command.formatter_class is argparse.HelpFormatter:
+                    command.formatter_class = HelpFormatter
+                _state_defaults(command)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

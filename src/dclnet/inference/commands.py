@@ -149,12 +149,23 @@ def cmd_search(args: argparse.Namespace) -> None:
 def _register_index(sub) -> None:
     p = sub.add_parser("index", help="embed a gallery folder once and save it as a search index")
     _add_model_args(p)
-    p.add_argument("--modality", choices=MODALITIES, help="gallery modality")
-    p.add_argument("--images", type=Path, help="folder, searched recursively")
+    p.add_argument(
+        "--modality",
+        choices=MODALITIES,
+        help="gallery modality (required; with --append the default is the index's)",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        help="folder, searched recursively (required; with --append the default is the "
+        "index's root)",
+    )
     p.add_argument("--output", type=Path, required=True, help="index directory to write")
     p.add_argument("--flip", action="store_true", help="flip-averaged embeddings")
     p.add_argument(
-        "--backend", choices=("exact", "faiss"), help="exact (default) or faiss (approximate)"
+        "--backend",
+        choices=("exact", "faiss"),
+        help="exact (every row scored) or faiss (approximate, docs/search.md) (default: exact)",
     )
     p.add_argument(
         "--faiss",
@@ -162,7 +173,12 @@ def _register_index(sub) -> None:
         help='FAISS index string for --backend faiss (docs/search.md): "IVF1024,SQ8" (default; '
         '"Flat" below 40,960 images), "IVF1024,PQ512x4fs", "HNSW32", "Flat"',
     )
-    p.add_argument("--train-size", type=int, help="FAISS: gallery vectors sampled for training")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        help="FAISS: gallery vectors sampled for training (default: 65,536 or 40 per IVF list, "
+        "whichever is more, at most the gallery; none for indexes that need no training)",
+    )
     p.add_argument(
         "--append",
         action="store_true",
@@ -175,18 +191,39 @@ def _register_index(sub) -> None:
 def _register_search(sub) -> None:
     p = sub.add_parser("search", help="rank a gallery (saved index or folder) for query images")
     _add_model_args(p)
-    p.add_argument("--index", type=Path, help="index directory from dclnet index")
-    p.add_argument("--gallery", type=Path, help="gallery folder, indexed on the fly")
-    p.add_argument("--gallery-modality", default="visible", choices=MODALITIES)
+    p.add_argument(
+        "--index", type=Path, help="index directory from dclnet index (default: none; or --gallery)"
+    )
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        help="gallery folder, indexed on the fly (default: none; or --index)",
+    )
+    p.add_argument(
+        "--gallery-modality", default="visible", choices=MODALITIES, help="modality of --gallery"
+    )
     p.add_argument("--flip", action="store_true", help="flip-averaged embeddings (--gallery)")
     p.add_argument("--query", nargs="+", required=True, help="query image files and/or folders")
-    p.add_argument("--query-modality", default="infrared", choices=MODALITIES)
+    p.add_argument(
+        "--query-modality", default="infrared", choices=MODALITIES, help="modality of --query"
+    )
     p.add_argument("--topk", type=int, default=10, help="results per query")
     p.add_argument("--chunk-size", type=int, default=8192, help="gallery rows scored at once")
-    p.add_argument("--nprobe", type=int, help="FAISS IVF index: lists visited per query")
-    p.add_argument("--ef-search", type=int, help="FAISS HNSW index: candidate list size")
-    p.add_argument("--json", type=Path, help="write results as JSON here")
-    p.add_argument("--csv", type=Path, help="write results as CSV (query,rank,path,score)")
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        help="FAISS IVF index: lists visited per query (default: the index's, set to 1/8 of "
+        "its lists when built)",
+    )
+    p.add_argument(
+        "--ef-search",
+        type=int,
+        help="FAISS HNSW index: candidate list size (default: the index's, 128 when built)",
+    )
+    p.add_argument("--json", type=Path, help="write results as JSON here (default: do not)")
+    p.add_argument(
+        "--csv", type=Path, help="write results as CSV (query,rank,path,score) (default: do not)"
+    )
     _add_embed_args(p)
     p.set_defaults(func=cmd_search)
 
@@ -267,7 +304,7 @@ def cmd_visualize_curves(args: argparse.Namespace) -> None:
 
 
 LABELS_HELP = (
-    "identities for colouring: 'folder' (parent folder = person, as in SYSU-MM01 "
+    "identities: 'folder' (parent folder = person, as in SYSU-MM01 "
     "camC/PPPP/x.jpg or RegDB Visible/P/x.bmp), 'none', or a CSV file with path,label"
 )
 
@@ -315,13 +352,18 @@ def _register_visualize(sub) -> None:
 
     k = kinds.add_parser("embedding", help="2-D map of embeddings (PCA or t-SNE)")
     _add_model_args(k)
-    k.add_argument("--visible", nargs="+", help="visible image files and/or folders")
-    k.add_argument("--infrared", nargs="+", help="infrared image files and/or folders")
-    k.add_argument("--labels", default="folder", help=LABELS_HELP)
-    k.add_argument("--method", default="pca", choices=("pca", "tsne"))
+    both = "(default: none; give --visible and/or --infrared)"
+    k.add_argument("--visible", nargs="+", help=f"visible image files and/or folders {both}")
+    k.add_argument("--infrared", nargs="+", help=f"infrared image files and/or folders {both}")
+    k.add_argument(
+        "--labels",
+        default="folder",
+        help=LABELS_HELP + "; colour shows the modality, up to 8 identities are marked",
+    )
+    k.add_argument("--method", default="pca", choices=("pca", "tsne"), help="2-D projection")
     k.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
     k.add_argument("--max-images", type=int, default=500, help="per modality")
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--seed", type=int, default=0, help="t-SNE initialisation noise")
     k.set_defaults(func=cmd_visualize_embedding)
 
     k = kinds.add_parser("curves", help="training curves from a run's metrics.jsonl")

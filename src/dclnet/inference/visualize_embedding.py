@@ -1,7 +1,11 @@
-"""2-D maps of embeddings (PCA or a compact exact t-SNE), coloured by identity.
+"""2-D maps of embeddings (PCA or a compact exact t-SNE), coloured by modality.
 
-A good cross-modality model puts the visible (circles) and infrared (triangles) images of one
-person in one cluster; a model that separates modalities shows two clouds instead.
+Colour (and marker) tell the modalities apart: visible orange circles, infrared blue
+triangles. A model that separates the modalities shows two clouds of colour; a good
+cross-modality model mixes them. Dozens of identities cannot be told apart by hue, so only a
+few (:data:`MARKED`, spread through the sorted names, those with images of both modalities
+first) are marked, each with its own large marker and its name at the centre of its images of
+each modality: a good model puts a marked person's two names on top of each other.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from dclnet.inference.visualize import new_figure, save_figure
 
 METHODS = ("pca", "tsne")
 MARKERS = {"visible": "o", "infrared": "^"}
+# Okabe-Ito colours (told apart with the common colour-vision deficiencies).
+MODALITY_COLOURS = {"visible": "#E69F00", "infrared": "#0072B2"}
+MARKED = 8  # identities marked at most
+IDENTITY_MARKERS = ("s", "D", "P", "X", "*", "p", "h", "v")  # one per marked identity
 
 
 def pca_2d(x: Tensor) -> Tensor:
@@ -111,21 +119,30 @@ def project(x: Tensor, method: str, *, perplexity: float = 30.0, seed: int = 0) 
     raise ConfigError(f"unknown projection {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def identity_colours(labels: Sequence[str | None]) -> list[tuple[float, ...]]:
-    """One colour per distinct identity (golden-angle hues), grey for unknown."""
-    import matplotlib.colors as mcolors
+def marked_identities(
+    labels: Sequence[str | None], modalities: Sequence[str], limit: int = MARKED
+) -> list[str]:
+    """Up to ``limit`` identities to mark, evenly spread through the sorted names.
 
-    order = {lab: k for k, lab in enumerate(sorted({lab for lab in labels if lab is not None}))}
-    colours = []
-    for lab in labels:
-        if lab is None:
-            colours.append((0.5, 0.5, 0.5, 1.0))
-            continue
-        k = order[lab]
-        hue = (k * 0.618033988749895) % 1.0
-        value = 0.95 - 0.35 * ((k // 7) % 2)
-        colours.append((*mcolors.hsv_to_rgb((hue, 0.85, value)), 1.0))
-    return colours
+    Identities with images of both modalities come first (they show whether the model
+    brings the two together); the others fill the remaining places. Deterministic.
+    """
+    seen: dict[str, set[str]] = {}
+    for lab, mod in zip(labels, modalities, strict=True):
+        if lab is not None:
+            seen.setdefault(lab, set()).add(mod)
+    both = sorted(lab for lab, mods in seen.items() if len(mods) > 1)
+    one = sorted(lab for lab, mods in seen.items() if len(mods) == 1)
+    picked: list[str] = []
+    for group in (both, one):
+        room = limit - len(picked)
+        if room <= 0:
+            break
+        if len(group) <= room:
+            picked += group
+        else:
+            picked += [group[i] for i in np.linspace(0, len(group) - 1, room).round().astype(int)]
+    return picked
 
 
 def plot_embedding(
@@ -135,24 +152,73 @@ def plot_embedding(
     output: str | Path,
     *,
     title: str = "",
+    marked: int = MARKED,
 ) -> Path:
-    """Scatter of ``N x 2`` points; colour = identity, marker = modality. 700 x 700 pixels."""
+    """Scatter of ``N x 2`` points, 700 x 700 pixels.
+
+    Colour and small marker = modality (:data:`MODALITY_COLOURS`, :data:`MARKERS`); up to
+    ``marked`` identities (:func:`marked_identities`) are drawn again with a large marker of
+    their own, filled with the modality's colour, and named at the centre of their images of
+    each modality.
+    """
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) != len(labels):
         raise DataError(f"expected N x 2 points with N labels, got {points.shape}")
-    colours = np.array(identity_colours(labels))
+    if len(modalities) != len(points):
+        raise DataError(f"expected {len(points)} modalities, got {len(modalities)}")
+    if not 0 <= marked <= len(IDENTITY_MARKERS):
+        raise ConfigError(f"marked must be 0..{len(IDENTITY_MARKERS)}, got {marked}")
     mods = np.asarray(modalities)
+    names = np.asarray([lab if lab is not None else "" for lab in labels], dtype=object)
     fig = new_figure(7.0, 7.0)
     ax = fig.add_axes((0.06, 0.06, 0.9, 0.86))
     for modality, marker in MARKERS.items():
         rows = np.flatnonzero(mods == modality)
         if len(rows):
-            style = {"marker": marker, "s": 22, "linewidths": 0.3, "edgecolors": "black"}
-            ax.scatter(points[rows, 0], points[rows, 1], c=colours[rows], **style)
-            # A grey stand-in for the legend: colours mean identities, not modalities.
-            ax.scatter([], [], c="lightgrey", label=f"{modality} ({len(rows)})", **style)
+            ax.scatter(
+                points[rows, 0],
+                points[rows, 1],
+                c=MODALITY_COLOURS[modality],
+                marker=marker,
+                s=14,
+                alpha=0.6,
+                linewidths=0,
+            )
+            colour = MODALITY_COLOURS[modality]
+            label = f"{modality} ({len(rows)})"
+            ax.scatter([], [], c=colour, marker=marker, s=40, linewidths=0, label=label)
+    chosen = marked_identities(labels, modalities, marked)
+    for name, shape in zip(chosen, IDENTITY_MARKERS, strict=False):
+        rows = np.flatnonzero(names == name)
+        colours = [MODALITY_COLOURS.get(m, "grey") for m in mods[rows]]
+        ax.scatter(
+            points[rows, 0],
+            points[rows, 1],
+            c=colours,
+            marker=shape,
+            s=70,
+            linewidths=0.9,
+            edgecolors="black",
+            zorder=3,
+        )
+        ax.scatter([], [], c="white", marker=shape, s=50, edgecolors="black", label=f"id {name}")
+        for modality in MARKERS:  # the name at the centre of each modality's images of it
+            own = rows[mods[rows] == modality]
+            if len(own):
+                ax.annotate(
+                    name,
+                    points[own].mean(axis=0),
+                    fontsize=7,
+                    ha="center",
+                    va="center",
+                    zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                )
     known = len({lab for lab in labels if lab is not None})
-    ax.legend(loc="best", fontsize=8, title=f"{known} identities (colour)", title_fontsize=8)
+    legend_title = "colour = modality"
+    if chosen:
+        legend_title += f"; {len(chosen)} of {known} identities marked"
+    ax.legend(loc="best", fontsize=7, title=legend_title, title_fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
     return save_figure(fig, output)
