@@ -213,3 +213,22 @@ def test_embedding_help_and_docs_say_how_many_identities_are_marked():
     assert f"up to {MARKED} identities are marked" in labels.help
     docs = (Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text()
     assert f"up to {MARKED} identities marked" in docs and "colour = identity" not in docs
+
+
+def test_every_help_page_stays_wrapped(monkeypatch):
+    """Sub-commands given the defaults formatter keep argparse's wrapping of descriptions."""
+    import argparse
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+
+    def pages(parser, name):
+        yield name, parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, command in action.choices.items():
+                    yield from pages(command, f"{name} {sub}")
+
+    parser, _ = _subcommands()
+    long = [(name, line) for name, text in pages(parser, "dclnet") for line in text.splitlines()
+            if len(line) > 100]  # fmt: skip
+    assert long == []

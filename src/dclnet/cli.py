@@ -460,14 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class WrappingHelpFormatter(HelpFormatter):
+    """:class:`HelpFormatter` that wraps descriptions to the terminal, as argparse's own does."""
+
+    _fill_text = argparse.HelpFormatter._fill_text
+
+
 def _state_defaults(parser: argparse.ArgumentParser) -> None:
     """Give every sub-command (``visualize embedding`` too) that the library registered with
-    argparse's plain formatter the :class:`HelpFormatter`, so that its help states defaults."""
+    argparse's plain formatter the :class:`WrappingHelpFormatter`, so that its help states
+    defaults and its description stays wrapped."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
                 if command.formatter_class is argparse.HelpFormatter:
-                    command.formatter_class = HelpFormatter
+                    command.formatter_class = WrappingHelpFormatter
                 _state_defaults(command)
 
 
