@@ -11,7 +11,6 @@ under the umask, and ``--device`` / ``eval.*`` checked before any work.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import importlib.util
 import io
 import logging
@@ -25,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _faults import full_disk
 from _inference_fixtures import HEIGHT, WIDTH, make_checkpoint, tiny_model
 from PIL import Image
 
@@ -438,37 +438,6 @@ def test_output_path(option, where, needle, places, sysu_root, tmp_path, capsys)
     status = main(_output_argv(option, target, tmp_path, sysu_root))
     one_error_line(capsys, status, 2, needle.format(dir=places.dir, file=places.file))
     assert places.file.read_text() == "mine" and list(places.dir.iterdir()) == []
-
-
-class _FullDisk(io.RawIOBase):
-    """A file whose writes fail with ENOSPC after ``room`` bytes (what a full disk does)."""
-
-    def __init__(self, path, room: int):
-        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        self.room = room
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self._fh.write(data)
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def full_disk(monkeypatch, room: int = 64) -> None:
-    """Make every file :mod:`dclnet.fileio` opens for writing run out of space."""
-
-    def fake_open(path, mode="r", encoding=None):
-        raw = _FullDisk(path, room)
-        return raw if "b" in mode else io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding)
-
-    monkeypatch.setattr(fileio, "open", fake_open, raising=False)
 
 
 def _left_files(folder: Path) -> set[str]:

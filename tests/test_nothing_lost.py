@@ -11,8 +11,6 @@ status, one ``error:`` line naming the file or argument and no traceback.
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import logging
 import os
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _faults import full_disk
 from _inference_fixtures import (
     HEIGHT,
     WIDTH,
@@ -33,7 +32,6 @@ from _inference_fixtures import (
 )
 from PIL import Image
 
-from dclnet import fileio
 from dclnet.cli import main
 from dclnet.errors import ConfigError, DataError, DclnetError, OutputError
 
@@ -312,39 +310,6 @@ def test_search_results_refuse_links(option, world, tmp_path, capsys):
     argv += ["--query", str(world["queries"]), "--device", "cpu", option, str(link)]
     one_error_line(capsys, main(argv), f"{link}: is a symbolic link")
     assert target.read_text() == "mine\n"
-
-
-class _FullDisk(io.RawIOBase):
-    """A file whose writes fail with ENOSPC after ``room`` bytes (what a full disk does)."""
-
-    def __init__(self, path, room: int):
-        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        self.room = room
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self._fh.write(data)
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def full_disk(monkeypatch, room: int = 64) -> None:
-    """Make every file :mod:`dclnet.fileio` opens for writing run out of space."""
-
-    def fake_open(path, mode="r", encoding=None, newline=None):
-        raw = _FullDisk(path, room)
-        if "b" in mode:
-            return raw
-        return io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, newline=newline)
-
-    monkeypatch.setattr(fileio, "open", fake_open, raising=False)
 
 
 @pytest.mark.parametrize("option", ["--json", "--csv"])

@@ -1,0 +1,41 @@
+"""Fault injection shared by the bad-input tests: a disk that fills up."""
+
+from __future__ import annotations
+
+import errno
+import io
+
+from dclnet import fileio
+
+
+class FullDisk(io.RawIOBase):
+    """A file whose writes fail with ENOSPC after ``room`` bytes (what a full disk does)."""
+
+    def __init__(self, path, room: int):
+        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self._fh.write(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def full_disk(monkeypatch, room: int = 64) -> None:
+    """Make every file :mod:`dclnet.fileio` opens for writing run out of space."""
+
+    def fake_open(path, mode="r", encoding=None, newline=None):
+        raw = FullDisk(path, room)
+        if "b" in mode:
+            return raw
+        return io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, newline=newline)
+
+    monkeypatch.setattr(fileio, "open", fake_open, raising=False)
