@@ -142,7 +142,7 @@ def _progress(record: dict[str, Any]) -> str:
     return (
         f"**A study in progress: {done} of {done + len(missing)} runs finished**; not yet run: "
         + ", ".join(f"`{m}`" for m in missing)
-        + " (the command trains them and rewrites this table). "
+        + " (the command without `--table-only` trains them and rewrites this table). "
     )
 
 
@@ -154,8 +154,10 @@ def render_study(record: dict[str, Any], note: str = "") -> str:
     titles = list(next(iter(record["summary"].values())))
     lines = ["| variant | " + " | ".join(titles) + " | seeds |", "|---" * (len(titles) + 2) + "|"]
     for preset, cells in record["summary"].items():
+        one = record["seeds"][preset] == 1  # no spread to show
         fmt = [
-            f"{m:.2f} ± {s:.2f}" if "%" in title else f"{m:.3f} ± {s:.3f}"
+            (f"{m:.2f}" if "%" in title else f"{m:.3f}")
+            + ("" if one else (f" ± {s:.2f}" if "%" in title else f" ± {s:.3f}"))
             for title, (m, s) in cells.items()
         ]
         label = STUDY_LABELS.get(preset, preset)
@@ -171,9 +173,14 @@ def render_study(record: dict[str, Any], note: str = "") -> str:
         "",
         f"{_progress(record)}Synthetic data (not SYSU-MM01/RegDB). {_regime(record)}Command: "
         f"`{record['command']}`{note}; table made on {_where(record)}; runs on "
-        f"{'; '.join(record.get('run_machines', [])) or 'the same machine'}; {len(minutes)} "
-        f"runs of {min(minutes):.1f}–{max(minutes):.1f} min "
-        "each (train + test). Cells: mean ± population std over seeds; identity metrics are "
+        f"{'; '.join(record.get('run_machines', [])) or 'the same machine'}; "
+        + (
+            f"one run of {minutes[0]:.1f} min (train + test). "
+            if len(minutes) == 1
+            else f"{len(minutes)} runs of {min(minutes):.1f}–{max(minutes):.1f} min each "
+            "(train + test). "
+        )
+        + "Cells: mean ± population std over seeds; identity metrics are "
         "the 10-trial mean of the SYSU-style all-search protocol on the synthetic test "
         "identities, mechanism metrics come from `dclnet diagnose` (fractions 0–1).",
     ]
