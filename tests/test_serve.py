@@ -286,7 +286,9 @@ def test_searches_during_appends_see_a_whole_index(world, tmp_path):
 
 
 def test_graceful_shutdown_answers_the_request_in_flight(world):
-    s = Server(world["ckpt"], world["index"], ["--window-ms", "3000"])
+    # A window long enough to see the query waiting even on a loaded machine, where one
+    # /metrics poll can take a second or more.
+    s = Server(world["ckpt"], world["index"], ["--window-ms", "10000"])
     result: dict = {}
 
     def slow_search() -> None:
@@ -296,9 +298,10 @@ def test_graceful_shutdown_answers_the_request_in_flight(world):
 
     thread = threading.Thread(target=slow_search)
     thread.start()
-    deadline = time.monotonic() + 30
-    while _metric(s, "dclnet_queue_depth") < 1:  # the query waits in its 3 s window
-        assert time.monotonic() < deadline and thread.is_alive()
+    deadline = time.monotonic() + 60
+    while _metric(s, "dclnet_queue_depth") < 1:  # the query waits in its 10 s window
+        assert thread.is_alive(), f"the query ended before SIGTERM: {result}"
+        assert time.monotonic() < deadline, "the query never reached the queue"
         time.sleep(0.02)
     code, out = s.stop()
     thread.join(30)
