@@ -1,4 +1,4 @@
-"""Fault injection shared by the bad-input tests: a disk that fills up."""
+"""Shared by the bad-input suites: the one-line error checks and a disk that fills up."""
 
 from __future__ import annotations
 
@@ -39,3 +39,19 @@ def full_disk(monkeypatch, room: int = 64) -> None:
         return io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, newline=newline)
 
     monkeypatch.setattr(fileio, "open", fake_open, raising=False)
+
+
+def one_error_line(capsys, status: int, needle: str, expected: int = 2) -> str:
+    """The single ``error:`` line of a CLI run (progress bars aside), checked."""
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = [ln for ln in err.splitlines() if ln.strip() and "%|" not in ln]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: "), lines
+    assert needle in lines[0], lines[0]
+    assert status == expected, lines[0]
+    return lines[0]
+
+
+def one_line(exc: BaseException, needle: str) -> None:
+    assert "\n" not in str(exc) and needle in str(exc), str(exc)

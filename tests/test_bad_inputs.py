@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _faults import full_disk
+from _faults import full_disk, one_error_line, one_line
 from _inference_fixtures import HEIGHT, WIDTH, make_checkpoint, tiny_model
 from PIL import Image
 
@@ -37,22 +37,6 @@ from dclnet.errors import CheckpointError, ConfigError, DataError, OutputError, 
 from dclnet.evaluation.protocols import save_features_npz
 
 TINY = Path(__file__).resolve().parents[1] / "src" / "dclnet" / "configs" / "tiny.yaml"
-
-
-def one_error_line(capsys, status: int, expected: int, needle: str) -> str:
-    """The single ``error:`` line of a CLI run (progress bars aside), checked."""
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    lines = [ln for ln in err.splitlines() if ln.strip() and "%|" not in ln]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: "), lines
-    assert needle in lines[0], lines[0]
-    assert status == expected, lines[0]
-    return lines[0]
-
-
-def one_line(exc: BaseException, needle: str) -> None:
-    assert "\n" not in str(exc) and needle in str(exc), str(exc)
 
 
 # -- data sets on disk (shared, copied where a case changes them) ------------------------------
@@ -157,7 +141,7 @@ FEATURE_CASES = [
 def test_features_file(case, needle, sysu_root, tmp_path, capsys):
     path = _write_case(case, tmp_path / "f.npz", protocol_paths("sysu", sysu_root))
     status = main(evaluate_argv("sysu", sysu_root, path))
-    line = one_error_line(capsys, status, 2, needle)
+    line = one_error_line(capsys, status, needle)
     assert str(path) in line  # names the file
 
 
@@ -166,7 +150,7 @@ def test_features_whose_dot_products_overflow(sysu_root, tmp_path, capsys):
     path = tmp_path / "f.npz"
     save_features_npz(path, paths, np.full((len(paths), 8), 1e30, np.float32))  # finite
     status = main(evaluate_argv("sysu", sysu_root, path))
-    line = one_error_line(capsys, status, 2, "dot product of query 'cam")
+    line = one_error_line(capsys, status, "dot product of query 'cam")
     assert "overflows float32" in line and "L2-normalise" in line
 
 
@@ -226,7 +210,7 @@ def test_sysu_tree(case, sysu_root, tmp_path, capsys):
     root = Path(shutil.copytree(sysu_root, tmp_path / "sysu"))
     needle = _break_sysu(case, root)
     status = main(evaluate_argv("sysu", root, features))
-    one_error_line(capsys, status, 2, needle)
+    one_error_line(capsys, status, needle)
 
 
 def _break_regdb(case: str, root: Path) -> str:
@@ -250,7 +234,7 @@ def test_regdb_lists(case, regdb_root, tmp_path, capsys):
     root = Path(shutil.copytree(regdb_root, tmp_path / "regdb"))
     needle = _break_regdb(case, root)
     status = main(evaluate_argv("regdb", root, features))
-    one_error_line(capsys, status, 2, needle)
+    one_error_line(capsys, status, needle)
 
 
 def test_test_ids_among_training_ids_warn_once(sysu_root, regdb_root, tmp_path, caplog):
@@ -436,7 +420,7 @@ OUTPUT_CASES = [  # (option, where, needle): where = dir, file, or under (a path
 def test_output_path(option, where, needle, places, sysu_root, tmp_path, capsys):
     target = {"dir": places.dir, "file": places.file, "under": places.file / "out"}[where]
     status = main(_output_argv(option, target, tmp_path, sysu_root))
-    one_error_line(capsys, status, 2, needle.format(dir=places.dir, file=places.file))
+    one_error_line(capsys, status, needle.format(dir=places.dir, file=places.file))
     assert places.file.read_text() == "mine" and list(places.dir.iterdir()) == []
 
 
@@ -463,7 +447,7 @@ def test_full_disk_on_the_command_line(sysu_root, tmp_path, monkeypatch, capsys)
     full_disk(monkeypatch)
     status = main(evaluate_argv("sysu", sysu_root, features, "--json", str(tmp_path / "r.json")))
     needle = f"{tmp_path}: no space left on the device while writing r.json"
-    one_error_line(capsys, status, 2, needle)  # (the table went to stdout before the write)
+    one_error_line(capsys, status, needle)  # (the table went to stdout before the write)
     assert _left_files(tmp_path) == {"f.npz"}
 
 
@@ -575,7 +559,7 @@ def test_crafted_checkpoint(case, needle, command, good_state, sysu_root, tmp_pa
         "diagnose": ["diagnose", "--checkpoint", str(path)],
     }[command]
     status = main([*argv, "--device", "cpu"])
-    one_error_line(capsys, status, 2, f"checkpoint {path}: {needle}")
+    one_error_line(capsys, status, f"checkpoint {path}: {needle}")
 
 
 @pytest.mark.parametrize("case", ["pickled code", "truncated", "empty"])
@@ -589,7 +573,7 @@ def test_unloadable_checkpoint(case, good_state, tmp_path, capsys):
         path.write_bytes(b"" if case == "empty" else path.read_bytes()[:2000])
         needle = f"cannot load checkpoint {path}: the file is corrupt or truncated"
     status = main(["diagnose", "--checkpoint", str(path), "--device", "cpu"])
-    line = one_error_line(capsys, status, 2, needle)
+    line = one_error_line(capsys, status, needle)
     out = capsys.readouterr().out
     assert "this must never run" not in out and "weights_only=False" not in line
     if case == "pickled code":
@@ -629,7 +613,7 @@ def test_resume_cannot_change(override, needle, tmp_path, capsys):
     run = _run_folder(tmp_path)
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     status = main(["train", "--output", str(run), "--resume", override])
-    line = one_error_line(capsys, status, 2, needle)
+    line = one_error_line(capsys, status, needle)
     assert str(run / "last.pt") in line and "start a new run" in line
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # no work began
 
@@ -678,7 +662,7 @@ def test_verify_cache_hash_sees_a_same_size_replacement_with_restored_mtime(tmp_
 def test_verify_cache_is_a_config_key(capsys):
     assert load_config(None, ["data.verify_cache=hash"]).data.verify_cache == "hash"
     status = main(["config", "data.verify_cache=sha"])
-    one_error_line(capsys, status, 2, "config key 'data.verify_cache' has invalid value 'sha'")
+    one_error_line(capsys, status, "config key 'data.verify_cache' has invalid value 'sha'")
 
 
 # 8. Files written by dclnet respect the umask -----------------------------------------------
@@ -741,7 +725,7 @@ def test_written_files_follow_the_umask(umask_027, tmp_path, sysu_root):
 def test_command_options_checked_first(argv, needle, tmp_path, capsys):
     argv = [argv[0], "--checkpoint", str(tmp_path / "missing.pt"), *argv[1:]]
     status = main(argv)
-    one_error_line(capsys, status, 2, needle)
+    one_error_line(capsys, status, needle)
 
 
 def test_device_index_beyond_the_machine():
@@ -770,7 +754,7 @@ def test_eval_settings_fail_before_training(override, needle, tmp_path, capsys):
     (tmp_path / "data").mkdir()  # empty: loading it would fail with another message
     argv = ["train", "--config", str(TINY), "--dataset", dataset, "--root", str(tmp_path / "data")]
     status = main([*argv, "--output", str(tmp_path / "run"), override])
-    one_error_line(capsys, status, 2, needle)
+    one_error_line(capsys, status, needle)
     assert not (tmp_path / "run").exists()  # refused before the run folder was claimed
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _faults import full_disk
+from _faults import full_disk, one_error_line, one_line
 from _inference_fixtures import (
     HEIGHT,
     WIDTH,
@@ -37,22 +37,6 @@ from dclnet.errors import ConfigError, DataError, DclnetError, OutputError
 
 TINY = Path(__file__).resolve().parents[1] / "src" / "dclnet" / "configs" / "tiny.yaml"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def one_error_line(capsys, status: int, needle: str, expected: int = 2) -> str:
-    """The single ``error:`` line of a CLI run (progress bars aside), checked."""
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    lines = [ln for ln in err.splitlines() if ln.strip() and "%|" not in ln]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: "), lines
-    assert needle in lines[0], lines[0]
-    assert status == expected, lines[0]
-    return lines[0]
-
-
-def one_line(exc: BaseException, needle: str) -> None:
-    assert "\n" not in str(exc) and needle in str(exc), str(exc)
 
 
 @pytest.fixture(scope="module")
