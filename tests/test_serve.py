@@ -288,28 +288,28 @@ def test_searches_during_appends_see_a_whole_index(world, tmp_path):
 def test_graceful_shutdown_answers_the_request_in_flight(world):
     # A window long enough to see the query waiting even on a loaded machine, where one
     # /metrics poll can take a second or more.
-    s = Server(world["ckpt"], world["index"], ["--window-ms", "10000"])
-    result: dict = {}
+    with Server(world["ckpt"], world["index"], ["--window-ms", "10000"]) as s:
+        result: dict = {}
 
-    def slow_search() -> None:
-        result["response"] = httpx.post(
-            s.url + "/search", **files(_queries(world)[:1], topk="4"), timeout=60
-        )
+        def slow_search() -> None:
+            result["response"] = httpx.post(
+                s.url + "/search", **files(_queries(world)[:1], topk="4"), timeout=60
+            )
 
-    thread = threading.Thread(target=slow_search)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while _metric(s, "dclnet_queue_depth") < 1:  # the query waits in its 10 s window
-        assert thread.is_alive(), f"the query ended before SIGTERM: {result}"
-        assert time.monotonic() < deadline, "the query never reached the queue"
-        time.sleep(0.02)
-    code, out = s.stop()
-    thread.join(30)
-    assert result["response"].status_code == 200, out
-    assert len(result["response"].json()["queries"][0]["results"]) == 4
-    assert code == 0 and "stopped" in out
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(s.url + "/health")
+        thread = threading.Thread(target=slow_search)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while _metric(s, "dclnet_queue_depth") < 1:  # the query waits in its 10 s window
+            assert thread.is_alive(), f"the query ended before SIGTERM: {result}"
+            assert time.monotonic() < deadline, "the query never reached the queue"
+            time.sleep(0.02)
+        code, out = s.stop()
+        thread.join(30)
+        assert result["response"].status_code == 200, out
+        assert len(result["response"].json()["queries"][0]["results"]) == 4
+        assert code == 0 and "stopped" in out
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(s.url + "/health")
 
 
 def test_cli_errors_are_one_line(world, tmp_path, capsys, monkeypatch):
