@@ -118,7 +118,8 @@ def run_cli(argv: list[str]) -> int:
 
 def ranked(embedder, index, world, **kwargs):
     """``{query: [(path, score), ...]}`` of an infrared search over ``index`` (top 30)."""
-    from dclnet.inference.index import list_images, search
+    from dclnet.inference.index import list_images
+    from dclnet.inference.results import search
 
     queries = [world["queries"] / p for p in list_images(world["queries"])]
     results = search(embedder, index, queries, "infrared", topk=30, **kwargs)

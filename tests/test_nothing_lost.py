@@ -478,8 +478,8 @@ def test_faiss_factories_that_are_not_cosine_are_refused(factory, needle, world,
 
 def test_faiss_rotations_keep_cosines(world, embedder, tmp_path):
     pytest.importorskip("faiss")
-    from dclnet.inference.index import search
     from dclnet.inference.indexing import write_index
+    from dclnet.inference.results import search
 
     rr = write_index(embedder, world["gallery"], "visible", tmp_path / "rr", backend="faiss",
                      factory="RR512,Flat", progress=False)  # fmt: skip

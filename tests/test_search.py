@@ -23,8 +23,9 @@ from _inference_fixtures import (
 from dclnet.errors import DataError, DclnetError, OutputError
 from dclnet.fileio import dir_mode
 from dclnet.inference.api import Embedder
-from dclnet.inference.index import list_images, load_index, save_index, search, topk_search
+from dclnet.inference.index import list_images, load_index, save_index, topk_search
 from dclnet.inference.indexing import build_index, write_index
+from dclnet.inference.results import search
 
 pytestmark = pytest.mark.timeout(90)
 

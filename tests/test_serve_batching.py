@@ -17,8 +17,9 @@ from PIL import Image
 
 from dclnet.data.imageio import load_image
 from dclnet.inference.api import Embedder
-from dclnet.inference.index import list_images, search
+from dclnet.inference.index import list_images
 from dclnet.inference.indexing import write_index
+from dclnet.inference.results import search
 from dclnet.inference.serve_batching import MicroBatcher, Query
 from dclnet.inference.serve_service import (
     RequestError,

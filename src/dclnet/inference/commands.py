@@ -94,14 +94,9 @@ def _cmd_append(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from dclnet.inference.index import (
-        expand_inputs,
-        format_results,
-        load_index,
-        search,
-        write_results,
-    )
+    from dclnet.inference.index import expand_inputs, load_index
     from dclnet.inference.indexing import build_index
+    from dclnet.inference.results import format_results, search, write_results
 
     if (args.index is None) == (args.gallery is None):
         raise DclnetError("give exactly one of --index INDEX (saved) or --gallery DIR (on the fly)")
