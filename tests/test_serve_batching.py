@@ -76,6 +76,23 @@ def test_a_query_after_the_window_gets_its_own_batch():
     assert sizes == [1, 1]
 
 
+def test_a_query_waiting_in_its_window_counts_in_the_depth():
+    async def main():
+        batcher = MicroBatcher(lambda batch: [None] * len(batch), window_s=0.5, max_batch=8)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(_query(0)))
+        await asyncio.sleep(0.1)  # taken from the queue, held in its 0.5 s window
+        assert batcher.depth == 1
+        second = asyncio.ensure_future(batcher.submit(_query(1)))
+        await asyncio.sleep(0.1)
+        assert batcher.depth == 2  # both in the window's batch
+        await asyncio.gather(first, second)
+        assert batcher.depth == 0
+        await batcher.close()
+
+    _run(main())
+
+
 def test_queries_queued_while_a_batch_runs_form_the_next_batch():
     release = threading.Event()
     seen: list[int] = []

@@ -78,14 +78,14 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.on_batch = on_batch
         self._queue: asyncio.Queue[Query | None] = asyncio.Queue()
-        self._running = 0  # queries inside the batch being computed
+        self._held = 0  # queries taken from the queue: in the window or being computed
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dclnet-batch")
         self._task: asyncio.Task | None = None
 
     @property
     def depth(self) -> int:
         """Queries waiting or being computed."""
-        return self._queue.qsize() + self._running
+        return self._queue.qsize() + self._held
 
     def start(self) -> None:
         """Start the collecting task (call from the event loop that will submit)."""
@@ -126,6 +126,7 @@ class MicroBatcher:
             if item is None:
                 return batch, True
             batch.append(item)
+            self._held = len(batch)
         return batch, False
 
     async def _loop(self) -> None:
@@ -135,8 +136,8 @@ class MicroBatcher:
             first = await self._queue.get()
             if first is None:
                 break
+            self._held = 1
             batch, stop = await self._collect(first)
-            self._running = len(batch)
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:
@@ -150,4 +151,4 @@ class MicroBatcher:
                     if not q.future.done():  # a client that went away cancelled it
                         q.future.set_result(result)
             finally:
-                self._running = 0
+                self._held = 0
