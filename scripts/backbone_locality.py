@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from dclnet.cli import resolve_config_path
+from dclnet.cli_commands import resolve_config_path
 from dclnet.engine.runs import machine_info, resolve_run_config
 from dclnet.engine.train import pretrained_weights
 from dclnet.errors import DclnetError

@@ -152,7 +152,7 @@ def test_removed_keys_of_older_files_load_with_a_warning(tmp_path, caplog):
 
 
 def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch):
-    from dclnet.cli import resolve_config_path
+    from dclnet.cli_commands import resolve_config_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny").mkdir()  # e.g. a run folder called "tiny"

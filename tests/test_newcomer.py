@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dclnet.cli import CONFIG_DIR, main
+from dclnet.cli import main
+from dclnet.cli_commands import CONFIG_DIR
 from dclnet.config import load_config
 from dclnet.engine import runs
 from dclnet.errors import DclnetError
@@ -113,7 +114,7 @@ def test_missing_best_pt_points_at_last_pt(tmp_path, capsys):
 def _subcommands() -> dict:
     import argparse
 
-    from dclnet.cli import build_parser
+    from dclnet.cli_parser import build_parser
 
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

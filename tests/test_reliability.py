@@ -125,12 +125,12 @@ def test_non_finite_loss_is_one_error_line(tmp_path, monkeypatch, capsys):
 
 
 def _raising(monkeypatch, exc: BaseException) -> None:
-    from dclnet import cli
+    from dclnet import cli_commands
 
     def command(args):
         raise exc
 
-    monkeypatch.setattr(cli, "cmd_synth", command)
+    monkeypatch.setattr(cli_commands, "cmd_synth", command)
 
 
 def _error_lines(capsys) -> list[str]:

@@ -158,7 +158,7 @@ def test_missing_weights_fail_before_any_data(tmp_path, monkeypatch, capsys):
 
 
 def test_evaluate_features_offers_only_data_sets_on_disk(capsys):
-    from dclnet.cli import build_parser
+    from dclnet.cli_parser import build_parser
 
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(

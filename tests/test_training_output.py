@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dclnet import cli
+from dclnet import cli, cli_commands, cli_parser
 from dclnet.config import Config, describe_keys, format_keys, load_config
 from dclnet.engine.run_folder import RUN_FILES
 from dclnet.engine.runlog import config_changes, config_summary, format_duration
@@ -104,7 +104,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 @pytest.mark.parametrize("command", ["train", "test", "demo", "config"])
 def test_every_argument_states_its_default(command):
-    sub = _subparsers(cli.build_parser())[command]
+    sub = _subparsers(cli_parser.build_parser())[command]
     formatter = sub._get_formatter()
     for action in sub._actions:
         if action.help in (argparse.SUPPRESS, None) and action.dest == "debug":
@@ -133,7 +133,7 @@ def _talk(args) -> None:
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_only_rank_zero_talks(monkeypatch, caplog, rank):
     monkeypatch.setenv("RANK", rank)
-    monkeypatch.setattr(cli, "cmd_config", _talk)
+    monkeypatch.setattr(cli_commands, "cmd_config", _talk)
     caplog.set_level(logging.INFO)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
