@@ -171,18 +171,22 @@ def protocol_run(args: argparse.Namespace) -> None:
     from dclnet.data.datasets import load_eval_data, synthetic_set
     from dclnet.evaluation.protocols import evaluate_splits, format_table, write_json
 
-    ds = synthetic_set(args.num_ids, args.seed, 128, 64)
+    ds = synthetic_set(args.num_ids, args.seed, 128, 64, args.style)
     # the training pools use train + validation ids, as the demo's training does
     ds = dataclasses.replace(ds, train_ids=sorted(ds.train_ids + ds.val_ids))
     start = time.perf_counter()
     model = train_cnn(ds, args.steps, args.factor, seed=0, seconds=args.seconds)
     seconds = time.perf_counter() - start
     data = load_eval_data("synthetic", size=(128, 64), synthetic_ids=args.num_ids,
-                          synthetic_seed=args.seed, trials=10, progress=False)  # fmt: skip
+                          synthetic_seed=args.seed, synthetic_style=args.style, trials=10,
+                          progress=False)  # fmt: skip
     rows = np.array([ds._index[p] for p in data.paths])
     feats = cnn_features(model, ds, rows, args.factor)
     result = evaluate_splits(data.paths, feats, data.splits, data.protocol)
-    print(f"small CNN, {seconds:.0f} s of training, seed {args.seed}, {args.num_ids} ids:")
+    print(
+        f"small CNN, {seconds:.0f} s of training, seed {args.seed}, {args.num_ids} ids, "
+        f"{args.style} look:"
+    )
     print(format_table(result))
     if args.json is not None:
         import sys
@@ -227,6 +231,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="(d): synthetic seed")
     parser.add_argument("--seconds", type=float, default=None, help="(d): training budget")
     parser.add_argument("--json", default=None, help="(d): write the protocol result here")
+    parser.add_argument(
+        "--style",
+        default="default",
+        choices=("default", "wide", "heldout"),
+        help="(d): the synthetic set's look (data.synthetic_style)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.protocol:

@@ -75,8 +75,9 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake(arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local):
+    def fake(arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local, style, lr):
         calls.append((arch, size, cache, layer3_stride, ids, steps, shift, parts, local))
+        assert (style, lr) == ("heldout", 3e-3)
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
@@ -84,7 +85,8 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
                              f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
                              "model.layer3_stride=1", "model.pretrain_shift=5",
                              "model.pretrain_parts=0.5", "model.pretrain_steps=7",
-                             "model.pretrain_local=2"])  # fmt: skip
+                             "model.pretrain_local=2", "model.pretrain_style=heldout",
+                             "model.pretrain_lr=3e-3"])  # fmt: skip
     assert train.pretrained_weights(cfg) == tmp_path / "weights.pt"
     assert calls == [("resnet18", (64, 32), tmp_path, 1, 512, 7, 5, 0.5, 2.0)]
     assert train.pretrained_weights(load_config(None, ["model.pretrained=null"])) is None
@@ -195,6 +197,33 @@ def test_pretrain_size_and_ids_are_the_cache_key(tmp_path):
     assert "96x48" in base.name and "512ids" in base.name
 
 
+def test_pretrain_style_and_lr_are_the_cache_key_and_reach_the_population(tmp_path, monkeypatch):
+    base = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800)
+    # the defaults add nothing: files cached before these settings keep their names
+    assert pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, style="default",
+                           lr=1e-3) == base  # fmt: skip
+    wide = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, style="wide", lr=2e-3)
+    assert wide.name == "synthetic-resnet18-64x32-s32-512ids-800steps-wide-lr0.002-v1.pt"
+    seen = {}
+    real = synthetic_pretrain.pretrain_backbone
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic_pretrain, "pretrain_backbone", spy)
+    from dclnet.config import load_config
+    from dclnet.engine import train
+
+    cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
+                             f"data.cache_dir={tmp_path}", "data.height=32", "data.width=16",
+                             "model.pretrain_ids=6", "model.pretrain_steps=1",
+                             "model.pretrain_style=wide", "model.pretrain_lr=2e-3"])  # fmt: skip
+    path = train.pretrained_weights(cfg)
+    assert path.name.endswith("-wide-lr0.002-v1.pt") and path.is_file()
+    assert seen["style"] == "wide" and seen["lr"] == 2e-3
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeypatch):
     from dclnet.config import load_config
@@ -238,6 +267,10 @@ def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeyp
         (
             ["model.pretrained=imagenet", "model.pretrain_size=[96, 48]"],
             r"applies only to model.pretrained=synthetic",
+        ),
+        (
+            ["model.pretrained=imagenet", "model.pretrain_style=wide"],
+            r"model.pretrain_style=wide applies only to model.pretrained=synthetic",
         ),
     ],
 )

@@ -40,6 +40,7 @@ VALIDATION = ("none", "sysu", "fraction")
 AMP_DTYPES = ("auto", "bfloat16", "float16", "off")
 COMPILE_SCOPES = ("step", "network")  # what train.compile=true compiles
 VERIFY_CACHE = ("stat", "hash")
+SYNTHETIC_STYLES = ("default", "wide", "heldout")  # = data.sources.synthetic_style.STYLES
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class DataConfig:
     num_instances: int = 4  # K images per identity and modality
     synthetic_ids: int = 64  # identities of the built-in synthetic set
     synthetic_seed: int = 0  # seed of the built-in synthetic set
+    synthetic_style: str = "default"  # one of SYNTHETIC_STYLES: the synthetic set's look
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class ModelConfig:
     pretrain_steps: int = 500  # pretrained=synthetic: pretraining steps (64 images each)
     pretrain_size: tuple[int, int] | None = None  # pretrained=synthetic: [H, W]; null = data size
     pretrain_ids: int = 512  # pretrained=synthetic: people in the pretraining population
+    pretrain_style: str = "default"  # pretrained=synthetic: that population's look
+    pretrain_lr: float = 1e-3  # pretrained=synthetic: Adam's peak learning rate
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,8 @@ class Config:
 _CHOICES = {
     "data.dataset": DATASETS,
     "data.verify_cache": VERIFY_CACHE,
+    "data.synthetic_style": SYNTHETIC_STYLES,
+    "model.pretrain_style": SYNTHETIC_STYLES,
     "model.arch": ARCHS,
     "loss.preset": PRESETS + (None,),
     "loss.metric_loss": METRIC_LOSSES,
@@ -224,6 +230,7 @@ _RANGES: dict[str, tuple] = {
     "model.pretrain_local": (0, None),
     "model.pretrain_size": (16, None),
     "model.pretrain_ids": (3, None),
+    "model.pretrain_lr": (0, None, "open-low"),
     "loss.id": (0, None),
     "loss.metric": (0, None),
     "loss.part_id": (0, None),

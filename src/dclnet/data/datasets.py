@@ -76,11 +76,12 @@ def _check_dataset(dataset: str, root: str | Path | None) -> Path | None:
 
 
 @lru_cache(maxsize=4)
-def synthetic_set(num_ids: int, seed: int, height: int, width: int):
-    """The built-in synthetic set rendered at ``height x width`` (memoised per process)."""
+def synthetic_set(num_ids: int, seed: int, height: int, width: int, style: str = "default"):
+    """The built-in synthetic set rendered at ``height x width`` in the look ``style``
+    (memoised per process)."""
     from dclnet.data.sources.synthetic import make_synthetic
 
-    return make_synthetic(num_ids, seed=seed, height=height, width=width)
+    return make_synthetic(num_ids, seed=seed, height=height, width=width, style=style)
 
 
 def _relabel(visible: ImageSet, infrared: ImageSet) -> tuple[ImageSet, ImageSet, int]:
@@ -137,11 +138,12 @@ def _train_sets(
     synthetic_ids: int,
     synthetic_seed: int,
     progress: bool,
+    synthetic_style: str = "default",
     verify_cache: str = "stat",
 ):
     """(visible, infrared, val_ids or None) with the data set's own labels."""
     if dataset == "synthetic":
-        syn = synthetic_set(synthetic_ids, synthetic_seed, *size)
+        syn = synthetic_set(synthetic_ids, synthetic_seed, *size, synthetic_style)
         pids = set(syn.train_ids) | set(syn.val_ids)
         rows = [i for i, r in enumerate(syn.records) if r.label in pids]
         sets = []
@@ -202,6 +204,7 @@ def load_train_data(
     verify_cache: str = "stat",
     synthetic_ids: int = 64,
     synthetic_seed: int = 0,
+    synthetic_style: str = "default",
     validation: str = "none",
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -229,6 +232,7 @@ def load_train_data(
         skip_corrupt=skip_corrupt,
         synthetic_ids=synthetic_ids,
         synthetic_seed=synthetic_seed,
+        synthetic_style=synthetic_style,
         progress=progress,
         verify_cache=verify_cache,
     )
@@ -269,6 +273,7 @@ def load_eval_data(
     verify_cache: str = "stat",
     synthetic_ids: int = 64,
     synthetic_seed: int = 0,
+    synthetic_style: str = "default",
     mode: str = "all",
     shots: int = 1,
     sampler: str = "seeded",
@@ -293,7 +298,7 @@ def load_eval_data(
         direction=direction,
     )
     if dataset == "synthetic":
-        syn = synthetic_set(synthetic_ids, synthetic_seed, *size)
+        syn = synthetic_set(synthetic_ids, synthetic_seed, *size, synthetic_style)
         splits = build_splits(settings, listing=syn.listing(), test_ids=syn.test_ids)
     else:
         splits = build_splits(settings, root_path)

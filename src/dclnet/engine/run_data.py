@@ -25,6 +25,7 @@ def source_kwargs(d: DataConfig) -> dict[str, Any]:
         "verify_cache": d.verify_cache,
         "synthetic_ids": d.synthetic_ids,
         "synthetic_seed": d.synthetic_seed,
+        "synthetic_style": d.synthetic_style,
     }
 
 

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 PRETRAIN_SEED = 1_000_003  # population seed: other people than any small data.synthetic_seed
 RECIPE_VERSION = 1  # bump when the pretraining recipe changes (new cache file)
+DEFAULT_LR = 1e-3  # Adam's peak learning rate (model.pretrain_lr)
 
 
 def pretrained_path(
@@ -63,12 +64,17 @@ def pretrained_path(
     shift: int = 0,
     parts: float = 0.0,
     local: float = 0.0,
+    style: str = "default",
+    lr: float = DEFAULT_LR,
 ) -> Path:
-    """Cache file of one pretraining recipe."""
+    """Cache file of one pretraining recipe (a setting at its default adds nothing to the
+    name, so files written before the setting existed keep their names)."""
     h, w = size
     moved = f"-shift{shift}" if shift else ""
     parsed = f"-parts{parts:g}" if parts else ""
     parsed += f"-local{local:g}" if local else ""
+    parsed += f"-{style}" if style != "default" else ""
+    parsed += f"-lr{lr:g}" if lr != DEFAULT_LR else ""
     name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}{parsed}"
     return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
 
@@ -278,13 +284,16 @@ def pretrain_backbone(
     ids: int = 512,
     steps: int = 500,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float = DEFAULT_LR,
     shift: int = 0,
     parts: float = 0.0,
     local: float = 0.0,
+    style: str = "default",
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Train a ResNet to classify the people of a separate synthetic population.
+    """Train a ResNet to classify the people of a separate synthetic population, rendered in
+    the look ``style`` (``wide``: randomised far beyond the data sets' look, see
+    :mod:`dclnet.data.sources.synthetic_style`).
 
     Batches of ``batch_size`` random images of both modalities; each person moved sideways
     by up to ``shift`` pixels on a new background (:func:`shift_people`; 0 = as rendered);
@@ -300,7 +309,13 @@ def pretrain_backbone(
     from dclnet.data.sources.synthetic import make_synthetic
 
     syn = make_synthetic(
-        ids, seed=PRETRAIN_SEED, height=size[0], width=size[1], num_val_ids=0, num_test_ids=1
+        ids,
+        seed=PRETRAIN_SEED,
+        height=size[0],
+        width=size[1],
+        num_val_ids=0,
+        num_test_ids=1,
+        style=style,
     )
     train = set(syn.train_ids)
     keep = np.array([r.label in train for r in syn.records])
@@ -380,6 +395,8 @@ def synthetic_backbone(
     shift: int = 0,
     parts: float = 0.0,
     local: float = 0.0,
+    style: str = "default",
+    lr: float = DEFAULT_LR,
     progress: bool = True,
 ) -> Path:
     """Path of the cached synthetic-pretrained backbone; trains and caches it when missing.
@@ -387,14 +404,17 @@ def synthetic_backbone(
     The file is written atomically (temp file, then rename), so an interrupted pretraining
     leaves nothing that a later run would load.
     """
-    path = pretrained_path(cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local)
+    path = pretrained_path(
+        cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local, style, lr
+    )
     if path.is_file():
         return path
     logger.info(
-        "model.pretrained=synthetic: pretraining %s on %d other synthetic people for %d steps "
-        "(once; cached as %s, listed by `dclnet cache list`)",
+        "model.pretrained=synthetic: pretraining %s on %d other synthetic people (%s look) "
+        "for %d steps (once; cached as %s, listed by `dclnet cache list`)",
         arch,
         ids,
+        style,
         steps,
         path,
     )
@@ -408,6 +428,8 @@ def synthetic_backbone(
         shift=shift,
         parts=parts,
         local=local,
+        style=style,
+        lr=lr,
         progress=progress,
     )
     with atomic_write(path, "wb") as fh:

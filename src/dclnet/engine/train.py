@@ -122,6 +122,8 @@ def pretrained_weights(cfg: Config) -> str | Path | None:
         shift=m.pretrain_shift,
         parts=m.pretrain_parts,
         local=m.pretrain_local,
+        style=m.pretrain_style,
+        lr=m.pretrain_lr,
     )
 
 
@@ -149,6 +151,11 @@ def check_weights(cfg: Config) -> None:
     if m.pretrain_size is not None:
         raise ConfigError(
             f"model.pretrain_size={list(m.pretrain_size)} applies only to "
+            f"model.pretrained=synthetic (this run loads {m.pretrained!r}); remove it"
+        )
+    if m.pretrain_style != "default":
+        raise ConfigError(
+            f"model.pretrain_style={m.pretrain_style} applies only to "
             f"model.pretrained=synthetic (this run loads {m.pretrained!r}); remove it"
         )
     check_pretrained(m.pretrained, m.arch)

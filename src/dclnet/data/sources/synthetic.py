@@ -29,6 +29,7 @@ from dclnet.data.sources.synthetic_render import (
     sample_people,
     sample_views,
 )
+from dclnet.data.sources.synthetic_style import STYLES
 from dclnet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -183,15 +184,17 @@ def render_images(
     height: int,
     width: int,
     seed: np.random.SeedSequence,
+    style: str = "default",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render image ``i`` of person row ``who[i]`` seen by camera ``cams[i]``.
+    """Render image ``i`` of person row ``who[i]`` seen by camera ``cams[i]``, in the look
+    ``style`` (:mod:`~dclnet.data.sources.synthetic_style`).
 
     Returns:
         ``N x H x W x 3`` uint8 images, ``N x H x W`` uint8 part labels and ``N x H`` float32
         body coordinate of every pixel row.
     """
     view_seed, pixel_seed = seed.spawn(2)
-    views = sample_views(np.random.default_rng(view_seed), len(who))
+    views = sample_views(np.random.default_rng(view_seed), len(who), style)
     pixel_rng = np.random.default_rng(pixel_seed)
     scale = height / 128  # camera blur is given at the native 128 x 64
     tint = np.array([cameras[c][1] for c in cams], dtype=np.float32).reshape(-1, 3)
@@ -252,6 +255,7 @@ def make_synthetic(
     camera_presence: float = 0.8,
     num_val_ids: int | None = None,
     num_test_ids: int | None = None,
+    style: str = "default",
 ) -> SyntheticSet:
     """Generate a SYSU-MM01-like synthetic set.
 
@@ -265,6 +269,10 @@ def make_synthetic(
             visible and one infrared camera are always kept).
         num_val_ids: Validation ids; default ``max(1, round(num_ids / 16))``.
         num_test_ids: Test ids; default ``round(5 * num_ids / 16)``. The rest train.
+        style: The look (:data:`~dclnet.data.sources.synthetic_style.STYLES`): ``default``
+            (every built-in set's), ``wide`` (the synthetic pretraining's randomised look)
+            or ``heldout`` (a look nothing is pretrained or tuned on). The structure (who is
+            filmed by which camera, the splits) does not depend on it.
 
     Returns:
         The set; the default has 64 people: 40 train, 4 val, 20 test, about 1,600 images.
@@ -275,9 +283,10 @@ def make_synthetic(
     _check("images_per_camera", 1 <= lo <= hi, "a range (low, high) with 1 <= low <= high")
     _check("camera_presence", 0.0 <= camera_presence <= 1.0, "a probability in [0, 1]")
     check_request(num_ids, seed, height, width, len(SYSU_CAMERAS) * hi)
+    _check("style", style in STYLES, f"one of {', '.join(STYLES)}")
     num_val, num_test = _split_sizes(num_ids, num_val_ids, num_test_ids)
     people_seed, layout_seed, image_seed = np.random.SeedSequence(seed).spawn(3)
-    people = sample_people(np.random.default_rng(people_seed), num_ids)
+    people = sample_people(np.random.default_rng(people_seed), num_ids, style)
     layout_rng = np.random.default_rng(layout_seed)
     order = layout_rng.permutation(num_ids) + 1
     test_ids = sorted(order[:num_test].tolist())
@@ -285,7 +294,7 @@ def make_synthetic(
     train_ids = sorted(order[num_test + num_val :].tolist())
     who, cams, records = _sysu_structure(layout_rng, num_ids, camera_presence, (lo, hi))
     images, parts, body_v = render_images(
-        people, who, cams, SYSU_CAMERAS, height, width, image_seed
+        people, who, cams, SYSU_CAMERAS, height, width, image_seed, style
     )
     logger.info("synthetic set: %d ids, %d images of %d x %d", num_ids, len(records), height, width)
     return SyntheticSet(images, parts, body_v, records, train_ids, val_ids, test_ids)
@@ -348,17 +357,25 @@ def write_sysu(
     width: int = 64,
     images_per_camera: tuple[int, int] = (4, 6),
     overwrite: bool = False,
+    style: str = "default",
 ) -> Path:
-    """Generate a synthetic set (see :func:`make_synthetic`) and write it as SYSU-MM01.
+    """Generate a synthetic set (see :func:`make_synthetic`; ``style`` its look) and write it
+    as SYSU-MM01.
 
     Returns:
         The data-set root ``out_dir``.
     """
     check_request(num_ids, seed, height, width, len(SYSU_CAMERAS) * max(images_per_camera))
+    _check("style", style in STYLES, f"one of {', '.join(STYLES)}")
     owned = tuple(f"cam{c}" for c in SYSU_CAMERAS) + ("exp",)
     out = _prepare_out_dir(out_dir, owned, overwrite)  # fail before spending time rendering
     dataset = make_synthetic(
-        num_ids, seed=seed, height=height, width=width, images_per_camera=images_per_camera
+        num_ids,
+        seed=seed,
+        height=height,
+        width=width,
+        images_per_camera=images_per_camera,
+        style=style,
     )
     return save_sysu(dataset, out, overwrite=True)
 

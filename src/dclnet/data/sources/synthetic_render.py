@@ -20,6 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dclnet.data.sources.synthetic_style import (
+    check_style,
+    extra_textures,
+    lighting,
+    restyle_people,
+    restyle_views,
+    styled_background,
+)
+
 PART_NAMES = ("background", "skin", "hair", "top", "bottom", "shoes", "bag")
 """Names of the values of a part label map, by value."""
 BACKGROUND, SKIN, HAIR, TOP, BOTTOM, SHOES, BAG = range(len(PART_NAMES))
@@ -101,8 +110,9 @@ def _random_colours(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
     return _hsv_to_rgb(h, s, rng.uniform(0.08, 0.95, shape))
 
 
-def sample_people(rng: np.random.Generator, n: int) -> People:
-    """Draw the appearance of ``n`` identities."""
+def sample_people(rng: np.random.Generator, n: int, style: str = "default") -> People:
+    """Draw the appearance of ``n`` identities, in the look ``style``
+    (:mod:`~dclnet.data.sources.synthetic_style`; ``default``: the data sets' own)."""
     shape = {k: rng.uniform(lo, hi, n) for k, (lo, hi) in SHAPE_RANGES.items()}
     parts = len(PART_NAMES)
     texture = rng.choice(len(TEXTURES), size=(n, parts), p=TEXTURE_P)
@@ -119,7 +129,7 @@ def sample_people(rng: np.random.Generator, n: int) -> People:
     lo, hi = np.array(HEAT_RANGES).T
     heat = rng.uniform(lo, hi, (n, parts))  # independent of every colour draw above
     contrast = rng.uniform(0.12, 0.3, (n, parts)) * rng.choice([-1.0, 1.0], (n, parts))
-    return People(
+    people = People(
         shape=shape,
         hair=rng.choice(3, size=n, p=HAIR_STYLES),
         sleeve=rng.choice(list(SLEEVES), size=n, p=list(SLEEVES.values())),
@@ -132,12 +142,25 @@ def sample_people(rng: np.random.Generator, n: int) -> People:
         heat=heat.astype(np.float32),
         contrast=np.where(solid, 0.0, contrast).astype(np.float32),
     )
+    if check_style(style) == "default":
+        return people
+    constants = {
+        "ranges": SHAPE_RANGES,
+        "untextured": [BACKGROUND, SKIN, HAIR, SHOES],
+        "heat": HEAT_RANGES,
+        "skin": SKIN,
+        "hair": HAIR,
+    }
+    return restyle_people(rng, people, style, constants)
 
 
-def sample_views(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Draw per-image pose and photometric parameters for ``n`` images (name -> ``n`` array)."""
+def sample_views(
+    rng: np.random.Generator, n: int, style: str = "default"
+) -> dict[str, np.ndarray]:
+    """Draw per-image pose and photometric parameters for ``n`` images (name -> ``n`` array),
+    in the look ``style``."""
     u = rng.uniform
-    return {
+    views = {
         "scale": u(0.86, 1.0, n),
         "shift_x": u(-0.12, 0.12, n),  # fraction of the width
         "shift_y": u(-0.03, 0.03, n),  # fraction of the height
@@ -155,6 +178,7 @@ def sample_views(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         "blur": u(-0.2, 0.3, n),
         "occlude": rng.random(n) < 0.15,
     }
+    return views if check_style(style) == "default" else restyle_views(rng, views, style)
 
 
 def _capsule(u, v, a, b, r) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +216,8 @@ def body_coordinates(
     x = np.arange(width, dtype=np.float32)[None, None, :] + 0.5
     y = np.arange(height, dtype=np.float32)[None, :, None] + 0.5
     sign = np.where(_col(views["flip"]) > 0, -1.0, 1.0).astype(np.float32)
+    if "stretch" in views:  # styled views: a wider or narrower body
+        sign = sign / _col(views["stretch"])
     return sign * (x - cx) / ph, (y - top) / ph
 
 
@@ -298,6 +324,9 @@ def pattern(people: People, who: np.ndarray, labels: np.ndarray, u, v) -> np.nda
             _soft_step(su * sv),
             _soft_step(np.cos(au) + np.cos(av) - 1.1),
         ]
+        if people.texture.max() >= len(TEXTURES):  # a style's further kinds
+            phase = people.phase[who, part]
+            kinds += [_soft_step(z) for z in extra_textures(f, au, av, u, v, phase)]
         kind = _col(people.texture[who, part]).astype(np.int64)
         value = np.select([kind == k for k in range(len(kinds))], np.broadcast_arrays(*kinds))
         np.copyto(out, value, where=labels == part)
@@ -406,8 +435,12 @@ def render(
         img = colour[:, :, 0][row, labels] * (1 - pat) + colour[:, :, 1][row, labels] * pat
     person = (labels > 0)[..., None]
     shade = 1 - _col(views["shade"])[..., None] * np.clip((u / 0.16) ** 2, 0, 1)[..., None]
-    bg = background(rng, n, height, width, img.shape[-1])
-    img = np.where(person, img * shade, bg)
+    if "bg_kind" in views:  # styled views
+        bg = styled_background(rng, views["bg_kind"], height, width, img.shape[-1], background)
+        img = np.where(person, img * shade, bg) * lighting(views, height, width)
+    else:
+        bg = background(rng, n, height, width, img.shape[-1])
+        img = np.where(person, img * shade, bg)
     _occlude(rng, img, labels, views["occlude"])
     gamma, gain = _col(views["gamma"])[..., None], _col(views["gain"])[..., None]
     img = np.clip(img, 0, 1) ** gamma

@@ -1,0 +1,119 @@
+"""A fresh machine's first ``dclnet demo``, measured: pretraining variants on an empty cache.
+
+    python scripts/first_run.py --variants s64-800-wide --out docs/results/first_run
+
+For each variant (a set of ``section.key=value`` overrides on top of the demo recipe), in a
+new, empty cache folder, as a new user would:
+
+1. ``dclnet demo <overrides> data.synthetic_seed=7`` - the whole first run on a synthetic
+   population nothing was tuned on: the synthetic pretraining (timed from its own log line),
+   then the demo. Its wall time is the "first run" figure.
+2. ``dclnet demo <overrides> data.synthetic_seed=7 data.synthetic_style=heldout`` - the same
+   recipe on people drawn in the held-out look (docs/synthetic.md), which neither the
+   pretraining nor any tuning saw; it loads the backbone cached by step 1.
+
+Each run's ``--json`` record (the demo's metrics, config, machine, CPU, load average) is
+written to ``--out/<variant>-<set>.json`` with the pretraining's seconds added, as soon as it
+finishes; a variant whose files exist is skipped, so a stopped sweep loses at most one run.
+``python -m dclnet.reporting`` turns the files into the variants table of docs/synthetic.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# name -> overrides on top of configs/demo.yaml (the recipe of record is "recipe": no overrides)
+VARIANTS = {
+    "recipe": [],
+    "r96-1500": ["model.pretrain_size=[96,48]", "model.pretrain_steps=1500"],
+    "s64-800": [
+        "model.pretrain_size=[64,32]",
+        "model.pretrain_steps=800",
+        "model.pretrain_lr=2e-3",
+        "model.pretrain_style=default",
+    ],
+    "s64-800-wide": [
+        "model.pretrain_size=[64,32]",
+        "model.pretrain_steps=800",
+        "model.pretrain_lr=2e-3",
+        "model.pretrain_style=wide",
+    ],
+}
+SETS = {"seed7": ["data.synthetic_seed=7"], "heldout": ["data.synthetic_seed=7",
+        "data.synthetic_style=heldout"]}  # fmt: skip
+_TOOK = re.compile(r"synthetic pretraining took (\d+) s")
+
+
+def run_demo(overrides: list[str], cache: Path, record: Path) -> dict:
+    """One ``dclnet demo`` in a fresh run folder; returns its JSON record with the
+    pretraining's seconds (0 when the backbone was cached) and the full command line."""
+    with tempfile.TemporaryDirectory(prefix="first-run-") as tmp:
+        out_json = Path(tmp) / "demo.json"
+        dclnet = shutil.which("dclnet") or str(Path(sys.executable).with_name("dclnet"))
+        cmd = [
+            dclnet, "demo", "--output", str(Path(tmp) / "run"), "--json", str(out_json),
+            *overrides, f"data.cache_dir={cache}",
+        ]  # fmt: skip
+        print("$", " ".join(cmd), flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        sys.stdout.write(proc.stdout[-1500:])
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-3000:])
+            raise SystemExit(f"error: {' '.join(cmd)} failed ({proc.returncode})")
+        res = json.loads(out_json.read_text())
+    took = _TOOK.search(proc.stderr)
+    res["pretrain_seconds"] = int(took.group(1)) if took else 0
+    res["process_seconds"] = seconds
+    res["command"] = "dclnet demo " + " ".join(overrides)
+    tmp_record = record.with_suffix(".tmp")
+    tmp_record.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp_record, record)
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/first_run"))
+    parser.add_argument("--keep-cache", type=Path, default=None,
+                        help="keep each variant's cache here (default: deleted)")  # fmt: skip
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.variants:
+        records = {s: args.out / f"{name}-{s}.json" for s in args.sets}
+        if all(p.is_file() for p in records.values()):
+            print(f"{name}: done (results in {args.out})")
+            continue
+        root = args.keep_cache or Path(tempfile.mkdtemp(prefix="first-run-cache-"))
+        cache = root / name
+        shutil.rmtree(cache, ignore_errors=True)  # an empty cache: the first run of a machine
+        for s, path in records.items():
+            if path.is_file():
+                continue
+            res = run_demo(VARIANTS[name] + SETS[s], cache, path)
+            d = res["dclnet"]["mean"]
+            print(
+                f"{name} {s}: {res['seconds'] / 60:.1f} min (pretraining "
+                f"{res['pretrain_seconds'] / 60:.1f} min)  rank-1 {d['rank1']:.2f} "
+                f"mAP {d['mAP']:.2f} mINP {d['mINP']:.2f}",
+                flush=True,
+            )
+        if args.keep_cache is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
