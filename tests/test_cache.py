@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dclnet.data import cache as cache_mod
-from dclnet.data import imageio
+from dclnet.data import cache_build, imageio
 from dclnet.data.cache import CachedSet, build_cache, default_cache_dir
 from dclnet.data.imageio import load_image
 from dclnet.data.records import Record
@@ -68,7 +67,7 @@ def decode_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         calls.append(Path(path))
         return imageio.load_image(path, size)
 
-    monkeypatch.setattr(cache_mod, "load_image", counting)
+    monkeypatch.setattr(cache_build, "load_image", counting)
     return calls
 
 
@@ -204,7 +203,7 @@ def test_reuse_never_decodes(tree, tmp_path, monkeypatch, caplog):
     def must_not_decode(path, size):
         raise AssertionError(f"decoded {path} although the cache is valid")
 
-    monkeypatch.setattr(cache_mod, "load_image", must_not_decode)
+    monkeypatch.setattr(cache_build, "load_image", must_not_decode)
     with caplog.at_level(logging.INFO, logger="dclnet.data.cache"):
         again = build(root, records, tmp_path)
     assert "reusing cache" in caplog.text
@@ -289,7 +288,7 @@ def test_skip_corrupt_drops_lists_and_warns(tree, tmp_path, monkeypatch, caplog)
     assert meta["skipped"] == [records[1].path] and meta["num_images"] == len(kept)
     assert temp_files(cached.directory) == []
 
-    monkeypatch.setattr(cache_mod, "load_image", lambda p, s: pytest.fail("decoded again"))
+    monkeypatch.setattr(cache_build, "load_image", lambda p, s: pytest.fail("decoded again"))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="dclnet.data.cache"):
         again = build(root, records, tmp_path, skip_corrupt=True)
@@ -323,7 +322,7 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
             raise RuntimeError("simulated crash")
         return imageio.load_image(path, size)
 
-    monkeypatch.setattr(cache_mod, "load_image", flaky)
+    monkeypatch.setattr(cache_build, "load_image", flaky)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -337,7 +336,7 @@ def test_crash_mid_build_leaves_nothing_trusted(tree, tmp_path, monkeypatch, num
     assert temp_files(directory) == []
 
     calls: list[Path] = []
-    monkeypatch.setattr(cache_mod, "load_image", lambda p, s: calls.append(p) or load_image(p, s))
+    monkeypatch.setattr(cache_build, "load_image", lambda p, s: calls.append(p) or load_image(p, s))
     cached = build(root, records, tmp_path, num_workers=num_workers)
     assert len(calls) == len(records) and cached.directory == directory
     for row, r in enumerate(records):
@@ -352,7 +351,7 @@ def test_crash_during_rebuild_invalidates_the_old_cache(tree, tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         build(root, records, tmp_path)
     assert not (first.directory / "meta.json").exists()  # old arrays no longer vouched for
-    monkeypatch.setattr(cache_mod, "load_image", imageio.load_image)
+    monkeypatch.setattr(cache_build, "load_image", imageio.load_image)
     cached = build(root, records, tmp_path)
     np.testing.assert_array_equal(cached.images[0], pil_resized(root / records[0].path, SIZE))
 
@@ -364,7 +363,7 @@ def test_crash_before_meta_json_is_written_rebuilds(tree, tmp_path, monkeypatch,
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(cache_mod, "_write_json_atomic", fail)
+        patch.setattr(cache_build, "_write_json_atomic", fail)
         with pytest.raises(OSError, match="disk full"):
             build(root, records, tmp_path)
     (directory,) = (tmp_path / "cache").iterdir()
@@ -436,7 +435,7 @@ def test_decoded_images_are_streamed_not_accumulated(tmp_path, monkeypatch, num_
         alive.append(weakref.ref(image))
         return image
 
-    monkeypatch.setattr(cache_mod, "load_image", tracked)
+    monkeypatch.setattr(cache_build, "load_image", tracked)
     cached = build(root, records, tmp_path, num_workers=num_workers)
     assert len(alive) == len(records) and len(cached) == len(records)
     # in flight: the one being written plus at most 2 * num_workers queued

@@ -21,51 +21,43 @@ Every file is written to a temporary name and moved into place with ``os.replace
 that the next call rebuilds rather than trusts. The free space is checked before
 ``images.npy`` is written through its memory map (a full disk there would kill the process
 with ``SIGBUS``).
+
+This module holds the entry point (:func:`build_cache`), where the directories live and the
+:class:`CachedSet` it returns; the validity checks are in :mod:`dclnet.data.cache_validity`,
+the writing of a directory (and its lock) in :mod:`dclnet.data.cache_build`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import time
-import uuid
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from dclnet.data.imageio import READER_VERSION, load_image, unreadable_reason
+from dclnet.data.cache_build import locked, write_cache
+from dclnet.data.cache_validity import (
+    IMAGES,
+    META_FORMAT,
+    VERIFY,
+    cache_key,
+    content_fingerprint,
+    fingerprint,
+    load_valid,
+    stat_files,
+)
+from dclnet.data.imageio import READER_VERSION
 from dclnet.data.records import ImageSet, Record, check_modality
 from dclnet.errors import DataError
-from dclnet.fileio import (
-    atomic_write,
-    disk_full_cause,
-    disk_full_error,
-    open_no_follow,
-    require_free_space,
-)
 
 __all__ = ["READER_VERSION", "VERIFY", "CachedSet", "build_cache", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
-
-META_FORMAT = 1  # layout of meta.json / images.npy; part of the validity check
-_IMAGES = "images.npy"
-_META = "meta.json"
-_LOCK = ".lock"
-_COPY_ROWS = 256  # rows per chunk when compacting away skipped images
-_HASH_CHUNK = 1 << 20
-VERIFY = ("stat", "hash")  # what decides that the raw files are unchanged (see above)
-_SPACE_HINT = "free some space or set data.cache_dir (cache_dir=) to a folder on another disk"
 
 
 def default_cache_dir() -> Path:
@@ -174,24 +166,24 @@ def build_cache(
         raise DataError(f"unknown cache verification {verify!r}; valid: {', '.join(VERIFY)}")
     if not records:
         raise DataError(f"no records to cache under {root}; check the data-set lists")
-    key = _cache_key(root, records, size, name)
-    stats = _stat_files(root, records, skip_corrupt)
+    key = cache_key(root, records, size, name)
+    stats = stat_files(root, records, skip_corrupt)
     header = {  # everything meta.json must hold for the directory to be reused
         "format": META_FORMAT,
         "complete": True,
         "key": key,
-        "fingerprint": _fingerprint(records, stats),
+        "fingerprint": fingerprint(records, stats),
         "records": [[r.path, int(r.label), int(r.cam), r.modality] for r in records],
         "files": stats,
     }
     if verify == "hash":
-        header["content_sha256"] = _content_fingerprint(root, records, stats)
+        header["content_sha256"] = content_fingerprint(root, records, stats)
     directory = _make_directory(cache_dir, key)
-    with _locked(directory):
-        meta, images, reason = _load_valid(directory, header)
+    with locked(directory):
+        meta, images, reason = load_valid(directory, header)
         if meta is None:
             logger.info("building cache %s (%s)", directory, reason)
-            meta = _build(
+            meta = write_cache(
                 directory,
                 root,
                 header,
@@ -200,7 +192,7 @@ def build_cache(
                 num_workers=num_workers,
                 progress=progress,
             )
-            images = np.load(directory / _IMAGES, mmap_mode="r")
+            images = np.load(directory / IMAGES, mmap_mode="r")
         else:
             logger.info("reusing cache %s (%d images)", directory, len(images))
     cached = _cached_set(directory, meta, images)
@@ -213,21 +205,6 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     if not ok:
         raise ValueError(f"size must be (height, width) with positive integers, got {size!r}")
     return int(size[0]), int(size[1])
-
-
-def _cache_key(root: Path, records: Sequence[Record], size: tuple[int, int], name: str) -> dict:
-    """What determines the arrays' contents, apart from the raw files themselves."""
-    digest = hashlib.sha256()
-    for r in records:
-        digest.update(json.dumps([r.path, int(r.label), int(r.cam), r.modality]).encode())
-        digest.update(b"\n")
-    return {
-        "root": str(root),
-        "size": list(size),
-        "reader_version": READER_VERSION,
-        "name": name,
-        "records_sha256": digest.hexdigest(),
-    }
 
 
 def _make_directory(cache_dir: Path | None, key: dict) -> Path:
@@ -245,269 +222,6 @@ def _make_directory(cache_dir: Path | None, key: dict) -> Path:
             "pass cache_dir= a writable folder"
         ) from exc
     return directory
-
-
-def _stat_files(root: Path, records: Sequence[Record], skip_corrupt: bool) -> list[list[int]]:
-    """``[size, mtime_ns]`` of every raw file; ``[-1, -1]`` for a missing one if skipping."""
-    stats = []
-    for r in records:
-        try:
-            st = os.stat(root / r.path)
-            stats.append([st.st_size, st.st_mtime_ns])
-        except OSError as exc:
-            if not skip_corrupt:
-                raise DataError(
-                    f"cannot read image {root / r.path}: {unreadable_reason(root / r.path, exc)}; "
-                    "check the data-set root and lists, or pass skip_corrupt=True"
-                ) from exc
-            stats.append([-1, -1])
-    return stats
-
-
-def _fingerprint(records: Sequence[Record], stats: list[list[int]]) -> str:
-    digest = hashlib.sha256()
-    for r, (nbytes, mtime) in zip(records, stats):
-        digest.update(f"{r.path}\0{nbytes}\0{mtime}\n".encode())
-    return digest.hexdigest()
-
-
-def _content_fingerprint(root: Path, records: Sequence[Record], stats: list[list[int]]) -> str:
-    """SHA-256 over every raw file's path and contents (``verify="hash"``)."""
-    digest = hashlib.sha256()
-    for r, (nbytes, _) in zip(records, stats):
-        digest.update(f"{r.path}\0".encode())
-        if nbytes < 0:  # missing, skipped with skip_corrupt
-            digest.update(b"missing\n")
-            continue
-        try:
-            with open(root / r.path, "rb") as handle:
-                while chunk := handle.read(_HASH_CHUNK):
-                    digest.update(chunk)
-        except OSError as exc:
-            raise DataError(f"cannot read image {root / r.path}: {exc.strerror}") from exc
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _load_valid(directory: Path, header: dict) -> tuple[dict | None, np.ndarray | None, str]:
-    """``(meta, images, "")`` for a complete, current cache, else ``(None, None, why)``."""
-    meta_path = directory / _META
-    if not meta_path.exists():
-        return None, None, "no complete cache yet"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return None, None, "meta.json is unreadable"
-    if not isinstance(meta, dict) or not meta.get("complete"):
-        return None, None, "meta.json is incomplete"
-    if meta.get("format") != header["format"] or meta.get("key") != header["key"]:
-        return None, None, "meta.json was written for another key or format"
-    if "content_sha256" in header:  # verify="hash": the contents decide, not size + mtime
-        if "content_sha256" not in meta:
-            return None, None, "the cache was built without content hashes (verify_cache=hash)"
-        if meta["content_sha256"] != header["content_sha256"]:
-            return None, None, "raw file contents changed since the cache was built"
-    elif meta.get("fingerprint") != header["fingerprint"]:
-        return None, None, _describe_changes(meta, header["files"])
-    try:
-        images = np.load(directory / _IMAGES, mmap_mode="r")
-    except (OSError, ValueError):
-        return None, None, "images.npy is missing or truncated"
-    expected = (meta["num_images"], *meta["key"]["size"], 3)
-    if images.shape != expected or images.dtype != np.uint8:
-        return None, None, f"images.npy has shape {images.shape}, expected {expected}"
-    return meta, images, ""
-
-
-def _describe_changes(meta: dict, stats: list[list[int]]) -> str:
-    old = meta.get("files", [])
-    changed = [i for i, (a, b) in enumerate(zip(old, stats)) if list(a) != list(b)]
-    if len(old) != len(stats) or not changed:
-        return "raw files changed since the cache was built"
-    first = meta["records"][changed[0]][0]
-    return (
-        f"{len(changed)} of {len(stats)} raw files changed since the cache was built "
-        f"(e.g. {first}: size/mtime {old[changed[0]]} -> {stats[changed[0]]})"
-    )
-
-
-def _build(
-    directory: Path,
-    root: Path,
-    header: dict,
-    *,
-    name: str,
-    skip_corrupt: bool,
-    num_workers: int,
-    progress: bool,
-) -> dict:
-    """Decode every record into a fresh ``images.npy``, then write ``meta.json``."""
-    paths = [root / r[0] for r in header["records"]]
-    size = tuple(header["key"]["size"])
-    (directory / _META).unlink(missing_ok=True)  # from here on the old arrays are not trusted
-    for stale in directory.glob(".*.tmp"):  # left by a crashed build; we hold the lock
-        logger.info("removing stale temporary file %s", stale)
-        stale.unlink(missing_ok=True)
-    start = time.perf_counter()
-    shape = (len(paths), *size, 3)
-    require_free_space(directory, _npy_bytes(shape), f"{_IMAGES} of {name}", _SPACE_HINT)
-    tmp: Path | None = _temp_path(directory, "images")
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        bar = tqdm(total=len(paths), desc=f"caching {name}", unit="img", disable=not progress)
-        with bar:
-            kept, failures = _fill(out, paths, size, skip_corrupt, num_workers, bar)
-        out.flush()
-        del out  # close the mapping before the file is copied or renamed
-        if failures:
-            tmp = _compact(tmp, directory, len(kept))
-        _fsync(tmp)
-        os.replace(tmp, directory / _IMAGES)
-        tmp = None
-    except OSError as exc:
-        if disk_full_cause(exc) is not None:
-            raise disk_full_error(directory, _IMAGES) from exc
-        raise
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    meta = {
-        **header,
-        "num_images": len(kept),
-        "skipped": [header["records"][i][0] for i, _ in failures],
-        "skipped_index": [i for i, _ in failures],
-        "skipped_reasons": [reason for _, reason in failures],
-    }
-    _write_json_atomic(directory / _META, meta)
-    seconds = time.perf_counter() - start
-    logger.info("cached %d images in %s in %.1f s", len(kept), directory, seconds)
-    return meta
-
-
-def _fill(
-    out: np.ndarray,
-    paths: list[Path],
-    size: tuple[int, int],
-    skip_corrupt: bool,
-    num_workers: int,
-    bar: tqdm,
-) -> tuple[list[int], list[tuple[int, str]]]:
-    """Write decoded images to consecutive rows of ``out``; return kept and failed indices."""
-    kept: list[int] = []
-    failures: list[tuple[int, str]] = []
-    decoded = contextlib.closing(_decode_in_order(paths, size, num_workers))
-    with decoded as images:  # on an error, stop the decoding threads now, not at gc
-        for i, image in enumerate(images):
-            if isinstance(image, DataError):
-                if not skip_corrupt:
-                    raise image
-                failures.append((i, str(image)))
-            else:
-                out[len(kept)] = image
-                kept.append(i)
-            bar.update()
-    return kept, failures
-
-
-def _decode_in_order(
-    paths: list[Path], size: tuple[int, int], num_workers: int
-) -> Iterator[np.ndarray | DataError]:
-    """Decoded images (or their DataError) in order, at most ``2 * num_workers`` in flight."""
-
-    def decode(path: Path) -> np.ndarray | DataError:
-        try:
-            return load_image(path, size)
-        except DataError as exc:
-            return exc
-
-    if num_workers == 0:
-        for path in paths:
-            yield decode(path)
-        return
-    pending: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        try:
-            for path in paths:
-                if len(pending) >= 2 * num_workers:
-                    yield pending.popleft().result()
-                pending.append(pool.submit(decode, path))
-            while pending:
-                yield pending.popleft().result()
-        finally:  # the consumer stopped early (error or crash): do not decode the rest
-            for future in pending:
-                future.cancel()
-
-
-def _compact(tmp: Path, directory: Path, rows: int) -> Path:
-    """Copy the first ``rows`` rows of ``tmp`` into a new, shorter ``.npy``; return its path."""
-    if rows == 0:
-        raise DataError(f"no readable images to cache in {directory}; check the data-set files")
-    source = np.load(tmp, mmap_mode="r")
-    shape = (rows, *source.shape[1:])
-    require_free_space(directory, _npy_bytes(shape), f"the compacted {_IMAGES}", _SPACE_HINT)
-    target_path = _temp_path(directory, "images")
-    try:
-        target = np.lib.format.open_memmap(target_path, mode="w+", dtype=np.uint8, shape=shape)
-        for start in range(0, rows, _COPY_ROWS):
-            stop = min(start + _COPY_ROWS, rows)
-            target[start:stop] = source[start:stop]
-        target.flush()
-        del target, source
-    except BaseException:
-        target_path.unlink(missing_ok=True)
-        raise
-    tmp.unlink()
-    return target_path
-
-
-def _npy_bytes(shape: tuple[int, ...]) -> int:
-    """Size of a uint8 ``.npy`` of ``shape``, with a generous allowance for its header."""
-    return int(np.prod(shape, dtype=np.int64)) + 4096
-
-
-def _temp_path(directory: Path, stem: str) -> Path:
-    # Hidden and ending in ".tmp", so that a later build can find and remove leftovers.
-    return directory / f".{stem}.{uuid.uuid4().hex}.tmp"
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_write(path, fsync=True) as handle:
-        json.dump(data, handle)
-    with contextlib.suppress(OSError):  # make the renames durable; not possible everywhere
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``directory`` (a no-op where flock is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent builds still end in a complete cache
-        yield
-        return
-    fd = open_no_follow(directory / _LOCK, os.O_RDWR | os.O_CREAT)  # never through a link
-    with os.fdopen(fd, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            locked = True
-        except OSError:  # some network file systems refuse locks
-            logger.debug("cannot lock %s; building without a lock", directory)
-            locked = False
-        try:
-            yield
-        finally:
-            if locked:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _cached_set(directory: Path, meta: dict, images: np.ndarray) -> CachedSet:
