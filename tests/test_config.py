@@ -141,7 +141,7 @@ def test_removed_keys_of_older_files_load_with_a_warning(tmp_path, caplog):
     # run folders written before data.synthetic_height/width were removed still resume
     old = tmp_path / "config.yaml"
     old.write_text("data:\n  synthetic_ids: 20\n  synthetic_height: 128\n  synthetic_width: 64\n")
-    with caplog.at_level("WARNING", logger="dclnet.config"):
+    with caplog.at_level("WARNING", logger="dclnet.config_load"):
         cfg = load_config(old)
     assert cfg.data.synthetic_ids == 20
     assert "data.synthetic_height" in caplog.text and "data.height x data.width" in caplog.text
@@ -159,3 +159,25 @@ def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch):
     assert resolve_config_path("tiny") == CONFIG_DIR / "tiny.yaml"
     (tmp_path / "mine.yaml").write_text("optim:\n  epochs: 3\n")
     assert resolve_config_path("mine.yaml") == Path("mine.yaml")
+
+
+def test_loading_and_key_names_import_from_the_schema_module():
+    """``dclnet.config`` re-exports the public names of config_load and config_keys."""
+    import subprocess
+    import sys
+
+    from dclnet import config, config_keys, config_load
+
+    for name in ("check_device", "check_protocol", "check_saved", "from_dict", "load_config"):
+        assert getattr(config, name) is getattr(config_load, name), name
+    for name in ("parse_override", "save_config", "saved_config", "to_dict"):
+        assert getattr(config, name) is getattr(config_load, name), name
+    for name in ("KeyInfo", "describe_keys", "format_keys"):
+        assert getattr(config, name) is getattr(config_keys, name), name
+    assert {"load_config", "format_keys", "Config"} <= set(dir(config))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        config.no_such_name  # noqa: B018
+    # either module imports first in a fresh interpreter (no import cycle with the schema)
+    for module in ("dclnet.config_load", "dclnet.config_keys"):
+        code = f"import {module}; from dclnet.config import load_config, format_keys"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dclnet"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("dclnet", "dclnet.errors", "dclnet.fileio", "dclnet.process_group"),
     ("dclnet.data",),
-    ("dclnet.config",),
+    ("dclnet.config", "dclnet.config_load", "dclnet.config_keys"),
     ("dclnet.models",),
     ("dclnet.losses",),
     ("dclnet.evaluation",),

@@ -285,7 +285,7 @@ def test_one_training_per_folder(tmp_path):
 
 
 def test_config_yaml_is_written_atomically(tmp_path, monkeypatch):
-    from dclnet import config as cfg_mod
+    from dclnet import config_load as cfg_mod
 
     path = tmp_path / "config.yaml"
     cfg_mod.save_config(load_config(TINY), path)
