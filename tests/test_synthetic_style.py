@@ -112,3 +112,16 @@ def test_unknown_style_is_refused_with_one_line():
         synthetic_style.check_style("cartoon")
     with pytest.raises(ConfigError, match="data.synthetic_style"):
         load_config(None, ["data.synthetic_style=cartoon"])
+
+
+def test_synth_writes_a_set_in_the_held_out_look(tmp_path, capsys):
+    from PIL import Image
+
+    from dclnet.cli import main
+
+    for style in ("default", "heldout"):
+        assert main(["synth", "regdb", str(tmp_path / style), "--ids", "4", "--style", style]) == 0
+    assert "regdb data set (heldout look) to" in capsys.readouterr().out
+    name = "Visible/1/v_0001_01.bmp"
+    plain, held = (np.asarray(Image.open(tmp_path / s / name)) for s in ("default", "heldout"))
+    assert plain.shape == held.shape and np.abs(plain.astype(int) - held).mean() > 10

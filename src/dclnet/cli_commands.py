@@ -79,11 +79,12 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from dclnet.data.sources.synthetic import write_llcm, write_regdb, write_sysu
 
     write = {"sysu": write_sysu, "regdb": write_regdb, "llcm": write_llcm}[args.layout]
-    kwargs = {"seed": args.seed, "overwrite": args.overwrite}
+    kwargs = {"seed": args.seed, "overwrite": args.overwrite, "style": args.style}
     if args.ids is not None:
         kwargs["num_ids"] = args.ids
     out = write(args.out_dir, **kwargs)
-    print(f"wrote a synthetic {args.layout} data set to {out}")
+    look = "" if args.style == "default" else f" ({args.style} look)"
+    print(f"wrote a synthetic {args.layout} data set{look} to {out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

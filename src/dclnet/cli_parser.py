@@ -287,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--ids", type=int, default=None, help="number of identities")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--style",
+        choices=("default", "wide", "heldout"),
+        default="default",
+        help="the people's look: the built-in sets' own, the synthetic pretraining's "
+        "randomised one, or the held-out one nothing is pretrained or tuned on "
+        "(docs/synthetic.md)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=commands.cmd_synth)
 

@@ -397,8 +397,10 @@ def write_regdb(
     images_per_modality: int = 10,
     trials: int = 10,
     overwrite: bool = False,
+    style: str = "default",
 ) -> Path:
-    """Generate synthetic people and write them in the RegDB raw layout.
+    """Generate synthetic people (in the look ``style``) and write them in the RegDB raw
+    layout.
 
     Layout: ``Visible/<pid>/v_<pid>_<k>.bmp``, ``Thermal/<pid>/t_<pid>_<k>.bmp`` (pid from 1,
     ``k`` from 1, zero-padded) and ``idx/{train,test}_{visible,thermal}_{t}.txt`` for
@@ -416,11 +418,12 @@ def write_regdb(
     _check("height/width", height >= 16 and width >= 8, "at least 16 x 8 pixels")
     check_request(num_ids, seed, height, width, 2 * images_per_modality)
     people_seed, image_seed = np.random.SeedSequence([seed, 412]).spawn(2)
-    people = sample_people(np.random.default_rng(people_seed), num_ids)
+    _check("style", style in STYLES, f"one of {', '.join(STYLES)}")
+    people = sample_people(np.random.default_rng(people_seed), num_ids, style)
     who = np.tile(np.repeat(np.arange(num_ids), images_per_modality), 2)
     cams = np.repeat([1, 2], num_ids * images_per_modality)
     out = _prepare_out_dir(out_dir, ("Visible", "Thermal", "idx"), overwrite)
-    images, _, _ = render_images(people, who, cams, REGDB_CAMERAS, height, width, image_seed)
+    images, _, _ = render_images(people, who, cams, REGDB_CAMERAS, height, width, image_seed, style)
     paths: dict[str, dict[int, list[str]]] = {"visible": {}, "thermal": {}}
     for row, cam, image in zip(who, cams, images):
         folder, letter = ("Visible", "v") if cam == 1 else ("Thermal", "t")
@@ -462,8 +465,10 @@ def write_llcm(
     camera_presence: float = 0.5,
     num_test_ids: int | None = None,
     overwrite: bool = False,
+    style: str = "default",
 ) -> Path:
-    """Generate synthetic people and write them in the LLCM raw layout.
+    """Generate synthetic people (in the look ``style``) and write them in the LLCM raw
+    layout.
 
     Layout (what :mod:`dclnet.data.sources.llcm` reads): training images
     ``vis/<pid:04d>/<name>`` and ``nir/<pid:04d>/<name>`` listed in ``idx/train_vis.txt`` and
@@ -492,8 +497,9 @@ def write_llcm(
     check_request(num_ids, seed, height, width, len(LLCM_CAMERAS) * hi)
     owned = ("vis", "nir", "test_vis", "test_nir", "idx")
     out = _prepare_out_dir(out_dir, owned, overwrite)  # fail before spending time rendering
+    _check("style", style in STYLES, f"one of {', '.join(STYLES)}")
     people_seed, layout_seed, image_seed = np.random.SeedSequence([seed, 1064]).spawn(3)
-    people = sample_people(np.random.default_rng(people_seed), num_ids)
+    people = sample_people(np.random.default_rng(people_seed), num_ids, style)
     rng = np.random.default_rng(layout_seed)
     order = rng.permutation(num_ids) + 1
     test_ids = sorted(order[:num_test].tolist())
@@ -518,7 +524,7 @@ def write_llcm(
                         rows.append((row, offset + cam, f"{tag}/{pid:04d}/{name}", tag))
     who = np.array([r[0] for r in rows], dtype=np.int64)
     keys = np.array([r[1] for r in rows], dtype=np.int64)
-    images, _, _ = render_images(people, who, keys, LLCM_CAMERAS, height, width, image_seed)
+    images, _, _ = render_images(people, who, keys, LLCM_CAMERAS, height, width, image_seed, style)
     train_lines: dict[str, list[str]] = {"vis": [], "nir": []}
     for (row, _, rel, train), image in zip(rows, images):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
