@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         ("README.md", ("demo",)),
         ("docs/study.md", ("locality", "probe", "study", "study96", "diagnose-full", "shift")),
-        ("docs/synthetic.md", ("comparison",)),
+        ("docs/synthetic.md", ("first-run", "comparison")),
         (
             "docs/benchmarks.md",
             ("bench-train", "bench-eval", "bench-dense", "bench-small", "bench-real", "bench-gpu"),
@@ -136,3 +136,42 @@ def test_every_document_with_sections_is_listed():
         if "<!-- results:" in p.read_text()
     )
     assert found == sorted(DOCUMENTS)
+
+
+def _first_run_record(rank1: float, pretrain: float, style: str = "default") -> dict:
+    record = _demo_record(rank1)
+    record["config"] = {
+        "data": {"synthetic_seed": 7, "height": 96, "width": 48, "synthetic_style": style},
+        "model": {"pretrain_size": [64, 32], "pretrain_steps": 800, "pretrain_style": "wide"},
+    }
+    record.update(seconds=480.0, pretrain_seconds=pretrain, load_average=[1.5, 1.0, 1.0])
+    return record
+
+
+def test_first_run_table_follows_its_files(tmp_path):
+    import json
+
+    from dclnet.reporting import render_demo, render_first_run
+
+    folder = tmp_path / "first_run"
+    folder.mkdir()
+    assert "Not measured yet" in render_first_run(folder)
+    (folder / "s64-wide-seed7.json").write_text(json.dumps(_first_run_record(30.0, 240.0)))
+    cnn = {
+        **_demo_record(0),
+        "mean": {"rank1": 25.0, "mAP": 3.0, "mINP": 2.0},
+        "train_seconds": 480.0,
+        "command": "python benchmarks/synthetic_gap.py --protocol --style heldout",
+    }
+    (folder / "cnn-heldout.json").write_text(json.dumps(cnn))
+    table = render_first_run(folder)
+    row = next(x for x in table.splitlines() if "`s64-wide`" in x)
+    assert "64 × 32, 800 steps, lr 0.001, 512 people, wide look | 8.0 min | 4.0 min" in row
+    assert row.endswith("| 30.00 / 2.00 / 1.00 | not run |")  # no held-out file yet
+    cnn_row = next(x for x in table.splitlines() if "small CNN" in x)
+    assert cnn_row.endswith("| 8.0 min of training | – | not run | 25.00 / 3.00 / 2.00 |")
+    assert "(load average 1.5 at its end)" in table and "--protocol --style heldout`" in table
+    # the demo block says what the whole first run cost, pretraining included
+    block = render_demo(_first_run_record(30.0, 240.0))
+    assert "8.0 min for the whole command on an empty cache**, of which 4.0 min" in block
+    assert "backbone already cached" in render_demo(_first_run_record(30.0, 0.0))

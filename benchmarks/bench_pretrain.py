@@ -1,0 +1,95 @@
+"""Where the synthetic pretraining's time goes: seconds per step by input size and layout.
+
+    python benchmarks/bench_pretrain.py --json docs/results/bench_pretrain.json
+
+One pretraining step (``dclnet.engine.synthetic_pretrain``: ResNet-18, last stride 1, GeM,
+a 512-way identity classifier, Adam; 64 images) timed on random images at each size, in
+the default (contiguous) and ``channels_last`` memory layouts, after 3 warm-up steps, as
+the median of ``--steps`` timed steps. Also the time to render the 512-person pretraining
+population at each size in each look. The numbers say what a first ``dclnet demo`` pays
+for per step, so that the pretraining recipe is chosen on measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def step_seconds(size: tuple[int, int], channels_last: bool, steps: int) -> float:
+    """Median seconds of one training step of the pretraining classifier at ``size``."""
+    from dclnet.engine.synthetic_pretrain import _Classifier
+
+    torch.manual_seed(0)
+    model = _Classifier("resnet18", 2, 512).train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(64, 3, *size)
+    y = torch.randint(0, 512, (64,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(3 + steps):
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(x)[0], y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def render_seconds(size: tuple[int, int], style: str) -> float:
+    """Seconds to render the 512-person pretraining population at ``size``."""
+    from dclnet.data.sources.synthetic import make_synthetic
+    from dclnet.engine.synthetic_pretrain import PRETRAIN_SEED
+
+    start = time.perf_counter()
+    make_synthetic(512, seed=PRETRAIN_SEED, height=size[0], width=size[1], num_val_ids=0,
+                   num_test_ids=1, style=style)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per setting")
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    print(f"{'size':>8s} {'layout':>14s} {'s/step':>7s} {'render s (default, wide)':>25s}")
+    for size in ((64, 32), (96, 48)):
+        render = {s: render_seconds(size, s) for s in ("default", "wide")}
+        for channels_last in (False, True):
+            sec = step_seconds(size, channels_last, args.steps)
+            layout = "channels_last" if channels_last else "contiguous"
+            rows.append({"size": list(size), "layout": layout, "step_seconds": sec,
+                         "render_seconds": render})  # fmt: skip
+            print(f"{size[0]:>4d}x{size[1]:<3d} {layout:>14s} {sec:7.3f} "
+                  f"{render['default']:12.1f} {render['wide']:12.1f}")  # fmt: skip
+    if args.json:
+        import os
+
+        from dclnet.engine.runs import machine_info
+        from dclnet.evaluation.protocols import write_json
+
+        record = {
+            "command": " ".join(["python benchmarks/bench_pretrain.py", *sys.argv[1:]]),
+            "rows": rows,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            **machine_info(),
+        }
+        write_json(record, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
