@@ -175,3 +175,14 @@ def test_first_run_table_follows_its_files(tmp_path):
     block = render_demo(_first_run_record(30.0, 240.0))
     assert "8.0 min for the whole command on an empty cache**, of which 4.0 min" in block
     assert "backbone already cached" in render_demo(_first_run_record(30.0, 0.0))
+
+
+def test_demo_block_measures_the_summation_order_spread():
+    from dclnet.reporting import render_demo
+
+    two, one = _demo_record(32.0), {**_demo_record(30.5), "threads": 1}
+    one["command"] = "dclnet demo data.synthetic_seed=7"
+    block = render_demo(_demo_record(40.0), [two, one])
+    assert "rank-1 32.00 / mAP 2.00 / mINP 1.00 with 2 threads and 30.50 / 2.00 / 1.00" in block
+    assert "1.5 rank-1 points and 0.0 mAP points apart" in block
+    assert "summation order" not in render_demo(_demo_record(40.0))
