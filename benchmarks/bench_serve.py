@@ -66,7 +66,7 @@ def make_checkpoint(path: Path, arch: str, height: int, width: int) -> Path:
     """A random DCLNet checkpoint with the keys ``dclnet train`` writes."""
     from dclnet.config import Config
     from dclnet.engine.checkpoint import save_checkpoint
-    from dclnet.engine.train import checkpoint_state
+    from dclnet.engine.run_state import checkpoint_state
     from dclnet.models.dclnet import DCLNet
     from dclnet.models.resnet import RandomInitWarning
 

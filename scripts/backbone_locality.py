@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from dclnet.cli_commands import resolve_config_path
+from dclnet.engine.build import pretrained_weights
 from dclnet.engine.runs import machine_info, resolve_run_config
-from dclnet.engine.train import pretrained_weights
 from dclnet.errors import DclnetError
 from dclnet.evaluation.locality import backbone_locality, format_locality
 from dclnet.evaluation.protocols import write_json

@@ -1,7 +1,7 @@
 """Tiny checkpoints and image folders for the inference, search, export and visualisation tests.
 
 Checkpoints hold a random ResNet-18 DCLNet at 64 x 32 and are written with the same keys as
-training (:func:`dclnet.engine.train.checkpoint_state`), so they load like a real run's file.
+training (:func:`dclnet.engine.run_state.checkpoint_state`), so they load like a real run's file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 from dclnet.config import Config
 from dclnet.data.sources.synthetic import SyntheticSet, make_synthetic
 from dclnet.engine.checkpoint import save_checkpoint
-from dclnet.engine.train import checkpoint_state
+from dclnet.engine.run_state import checkpoint_state
 from dclnet.models.dclnet import DCLNet
 from dclnet.models.resnet import RandomInitWarning
 

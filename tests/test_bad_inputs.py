@@ -584,7 +584,7 @@ def _run_folder(tmp_path: Path) -> Path:
     """A run folder as a finished epoch leaves it (config.yaml, last.pt) for the TINY recipe."""
     from dclnet.config import save_config
     from dclnet.engine.checkpoint import save_checkpoint
-    from dclnet.engine.train import checkpoint_state
+    from dclnet.engine.run_state import checkpoint_state
 
     cfg = load_config(TINY)
     run = tmp_path / "run"
@@ -729,7 +729,7 @@ def test_command_options_checked_first(argv, needle, tmp_path, capsys):
 
 
 def test_device_index_beyond_the_machine():
-    from dclnet.engine.train import resolve_device
+    from dclnet.engine.build import resolve_device
 
     with pytest.raises(ConfigError) as info:
         resolve_device(f"cuda:{max(torch.cuda.device_count(), 1) + 7}", "--device")

@@ -7,7 +7,7 @@ import torch
 
 import dclnet.losses.objective as objective
 from dclnet.config import Config, load_config
-from dclnet.engine.train import loss_kwargs
+from dclnet.engine.build import loss_kwargs
 from dclnet.errors import ConfigError
 from dclnet.losses.objective import dclnet_objective
 from dclnet.models.outputs import DCLNetOutput

@@ -27,9 +27,10 @@ from dclnet.data.augment import AugmentConfig
 from dclnet.data.datasets import load_train_data
 from dclnet.data.sampler import CrossModalitySampler
 from dclnet.engine import distributed as dist_utils
+from dclnet.engine.build import loss_kwargs
 from dclnet.engine.checkpoint import load_checkpoint
 from dclnet.engine.step import BatchPrefetcher, build_step_context, freeze_unused, train_step
-from dclnet.engine.train import fit, loss_kwargs
+from dclnet.engine.train import fit
 from dclnet.evaluation.extract import extract_features
 from dclnet.losses.objective import ABLATIONS, LossWeights
 from dclnet.models.dclnet import DCLNet

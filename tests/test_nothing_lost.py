@@ -212,7 +212,7 @@ def test_trial_all_refuses_a_used_folder(regdb_root, tmp_path, capsys):
 def _resumable_run(tmp_path: Path) -> Path:
     from dclnet.config import load_config, save_config
     from dclnet.engine.checkpoint import save_checkpoint
-    from dclnet.engine.train import checkpoint_state
+    from dclnet.engine.run_state import checkpoint_state
 
     cfg = load_config(TINY)
     run = tmp_path / "run"

@@ -322,7 +322,7 @@ def test_erase_rule_reaches_the_objective(monkeypatch):
 
 def test_erase_rule_and_num_parts_reach_the_training_objective():
     from dclnet.config import load_config
-    from dclnet.engine.train import loss_kwargs
+    from dclnet.engine.build import loss_kwargs
 
     kwargs = loss_kwargs(load_config(None, ["loss.erase_rule=top_left", "model.num_parts=4"]))
     assert kwargs["erase_rule"] == "top_left" and kwargs["num_parts"] == 4

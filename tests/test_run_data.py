@@ -176,7 +176,7 @@ def _best_worker(rank: int, port: int, folder: Path) -> None:
     import os
 
     from dclnet.engine import distributed as dist_utils
-    from dclnet.engine.train import _load_best
+    from dclnet.engine.run_state import load_best
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -193,8 +193,8 @@ def _best_worker(rank: int, port: int, folder: Path) -> None:
         model = DCLNet(4, arch="resnet18", pretrained=None)
         # rank 1 looks at a folder without best.pt: only rank 0 needs to see the run folder
         seen = folder if rank == 0 else folder / "elsewhere"
-        tested = _load_best(model, seen, {"epoch": 2})
-        missing = _load_best(model, folder / "empty", {"epoch": 2})  # best.pt deleted
+        tested = load_best(model, seen, {"epoch": 2})
+        missing = load_best(model, folder / "empty", {"epoch": 2})  # best.pt deleted
         torch.save({"tested": tested, "missing": missing, "state": model.state_dict()},
                    folder / f"rank{rank}.pt")  # fmt: skip
     finally:

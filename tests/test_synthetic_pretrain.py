@@ -71,7 +71,7 @@ def test_pretraining_learns_and_uses_another_population(monkeypatch):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
     from dclnet.config import load_config
-    from dclnet.engine import train
+    from dclnet.engine import build
 
     calls = []
 
@@ -87,9 +87,9 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
                              "model.pretrain_parts=0.5", "model.pretrain_steps=7",
                              "model.pretrain_local=2", "model.pretrain_style=heldout",
                              "model.pretrain_lr=3e-3"])  # fmt: skip
-    assert train.pretrained_weights(cfg) == tmp_path / "weights.pt"
+    assert build.pretrained_weights(cfg) == tmp_path / "weights.pt"
     assert calls == [("resnet18", (64, 32), tmp_path, 1, 512, 7, 5, 0.5, 2.0)]
-    assert train.pretrained_weights(load_config(None, ["model.pretrained=null"])) is None
+    assert build.pretrained_weights(load_config(None, ["model.pretrained=null"])) is None
 
 
 def test_shift_people_moves_each_image_onto_its_background():
@@ -213,13 +213,13 @@ def test_pretrain_style_and_lr_are_the_cache_key_and_reach_the_population(tmp_pa
 
     monkeypatch.setattr(synthetic_pretrain, "pretrain_backbone", spy)
     from dclnet.config import load_config
-    from dclnet.engine import train
+    from dclnet.engine import build
 
     cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
                              f"data.cache_dir={tmp_path}", "data.height=32", "data.width=16",
                              "model.pretrain_ids=6", "model.pretrain_steps=1",
                              "model.pretrain_style=wide", "model.pretrain_lr=2e-3"])  # fmt: skip
-    path = train.pretrained_weights(cfg)
+    path = build.pretrained_weights(cfg)
     assert path.name.endswith("-wide-lr0.002-v1.pt") and path.is_file()
     assert seen["style"] == "wide" and seen["lr"] == 2e-3
 
@@ -227,7 +227,7 @@ def test_pretrain_style_and_lr_are_the_cache_key_and_reach_the_population(tmp_pa
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeypatch):
     from dclnet.config import load_config
-    from dclnet.engine import train
+    from dclnet.engine import build
 
     # the file a 32 x 16 recipe caches (the demo's role) ...
     small = synthetic_backbone("resnet18", (32, 16), tmp_path, ids=8, steps=2, progress=False)
@@ -241,10 +241,10 @@ def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeyp
                              f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
                              "model.pretrain_size=[32, 16]", "model.pretrain_ids=8",
                              "model.pretrain_steps=2"])  # fmt: skip
-    train.check_weights(cfg)
-    assert train.pretrain_size(cfg) == (32, 16)
-    assert train.pretrained_weights(cfg) == small
-    net = train._build_model(cfg, 4).eval()
+    build.check_weights(cfg)
+    assert build.pretrain_size(cfg) == (32, 16)
+    assert build.pretrained_weights(cfg) == small
+    net = build.build_model(cfg, 4).eval()
     state = torch.load(small, weights_only=True)
     torch.testing.assert_close(net.shared.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     with torch.no_grad():  # used at twice its pretraining size: a 4 x 2 final map
@@ -253,9 +253,9 @@ def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeyp
     plain = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
                                f"data.cache_dir={tmp_path}", "data.height=64", "data.width=32",
                                "model.pretrain_ids=8", "model.pretrain_steps=2"])  # fmt: skip
-    assert train.pretrain_size(plain) == (64, 32)
+    assert build.pretrain_size(plain) == (64, 32)
     with pytest.raises(AssertionError, match="pretrained again"):
-        train.pretrained_weights(plain)
+        build.pretrained_weights(plain)
 
 
 @pytest.mark.parametrize(
@@ -276,12 +276,12 @@ def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeyp
 )
 def test_pretrain_size_the_backbone_cannot_serve_is_refused(overrides, message):
     from dclnet.config import load_config
-    from dclnet.engine import train
+    from dclnet.engine import build
     from dclnet.errors import ConfigError
 
     cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18", *overrides])
     with pytest.raises(ConfigError, match=message):
-        train.check_weights(cfg)
+        build.check_weights(cfg)
 
 
 def test_pretrain_size_out_of_range_is_a_config_error():

@@ -97,7 +97,7 @@ def test_validation_split_selects_the_tested_checkpoint(tmp_path):
 
 
 def test_final_test_loads_best_weights(tmp_path, tiny_run, caplog):
-    from dclnet.engine.train import _load_best
+    from dclnet.engine.run_state import load_best
     from dclnet.models.dclnet import DCLNet
     from dclnet.models.resnet import RandomInitWarning
 
@@ -106,11 +106,11 @@ def test_final_test_loads_best_weights(tmp_path, tiny_run, caplog):
     saved = load_checkpoint(run / "last.pt")
     with pytest.warns(RandomInitWarning):
         model = DCLNet(**saved["model_args"])
-    assert _load_best(model, tmp_path, {"epoch": 3}) == {"file": "best.pt", "epoch": 3}
+    assert load_best(model, tmp_path, {"epoch": 3}) == {"file": "best.pt", "epoch": 3}
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved["model"][key]), key
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert _load_best(model, tmp_path / "gone", {"epoch": 3}) is None  # best.pt deleted
+    assert load_best(model, tmp_path / "gone", {"epoch": 3}) is None  # best.pt deleted
     assert "best.pt is missing" in caplog.text
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -391,3 +391,13 @@ def test_training_with_other_part_counts(tmp_path, monkeypatch, num_parts, prese
         assert seen["stripe_labels"] - {0} == set(range(1, num_parts + 1))
     else:
         assert not seen["stripe_labels"]
+
+
+def test_build_names_still_import_from_train():
+    """scripts/run_study.py and older callers import these from dclnet.engine.train."""
+    from dclnet.engine import build, train
+
+    for name in ("resolve_device", "loss_kwargs", "pretrained_weights", "pretrain_size"):
+        assert getattr(train, name) is getattr(build, name), name
+    assert train.check_weights is build.check_weights
+    assert callable(train.fit) and train.fit.__module__ == "dclnet.engine.train"

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from dclnet.data.sources.synthetic import SYSU_CAMERAS, check_request
+from dclnet.engine.build import resolve_device
 from dclnet.engine.runs import load_model
-from dclnet.engine.train import resolve_device
 from dclnet.errors import CheckpointError, ConfigError
 from dclnet.evaluation.diagnose import diagnose_model, format_diagnosis
 from dclnet.evaluation.protocols import write_json

@@ -24,10 +24,11 @@ from dclnet.config import (
 )
 from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
+from dclnet.engine.build import check_weights, loss_kwargs, resolve_device
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.run_data import load_eval_data_for
 from dclnet.engine.run_folder import LOCK_NAME, refuse_used_run_folder
-from dclnet.engine.train import check_weights, fit, loss_kwargs, resolve_device
+from dclnet.engine.train import fit
 from dclnet.errors import CheckpointError, ConfigError, DclnetError, TrainingError
 from dclnet.evaluation.protocols import METRIC_KEYS, ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model

@@ -1,9 +1,15 @@
-"""Training: one readable loop (:func:`fit`) around one explicit :func:`train_step`."""
+"""Training: one readable loop (:func:`fit`) around one explicit :func:`train_step`.
+
+The loop itself: epochs of steps, the metrics-log lines, periodic evaluation and the final
+test. What it is built from lives next to it: the model, losses and device of a config in
+:mod:`dclnet.engine.build` (whose public names are re-exported here: ``resolve_device``,
+``loss_kwargs``, ``pretrained_weights``, ``pretrain_size``, ``check_weights``), checkpoints,
+best-model tracking and the metrics log in :mod:`dclnet.engine.run_state`, one step in
+:mod:`dclnet.engine.step`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import time
@@ -15,11 +21,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dclnet.config import Config, check_device, save_config, to_dict
-from dclnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+from dclnet.config import Config, save_config, to_dict
 from dclnet.data.datasets import EvalData, TrainData
 from dclnet.data.sampler import CrossModalitySampler
 from dclnet.engine import distributed as dist_utils
+from dclnet.engine.build import (
+    augment_config,
+    build_model,
+    check_weights,
+    loss_kwargs,
+    pretrain_size,
+    pretrained_weights,
+    resolve_device,
+)
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.run_data import load_eval_data_for, load_train_data_for
 from dclnet.engine.run_folder import (
@@ -27,6 +41,13 @@ from dclnet.engine.run_folder import (
     claim_run_folder,
     release_run_folder,
     truncate_metrics,
+)
+from dclnet.engine.run_state import (
+    MetricsLog,
+    checkpoint_state,
+    load_best,
+    restore_checkpoint,
+    update_best,
 )
 from dclnet.engine.runlog import (
     config_summary,
@@ -45,211 +66,23 @@ from dclnet.engine.step import (
     step_generator,
     train_step,
 )
-from dclnet.errors import CheckpointError, ConfigError, NonFiniteLossError
+from dclnet.errors import NonFiniteLossError
 from dclnet.evaluation.protocols import ProtocolResult, format_table, write_json
 from dclnet.evaluation.run import evaluate_model
-from dclnet.losses.objective import ABLATIONS, LossWeights
 from dclnet.models.dclnet import DCLNet
-from dclnet.models.resnet import check_pretrained
+
+# fit is defined here; the other names are dclnet.engine.build's, re-exported because scripts
+# and the commands import them from this module.
+__all__ = [
+    "check_weights",
+    "fit",
+    "loss_kwargs",
+    "pretrain_size",
+    "pretrained_weights",
+    "resolve_device",
+]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; otherwise the named device.
-
-    ``option`` names the setting in messages (``"--device"`` for the commands).
-    """
-    check_device(name, option)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{option}={name!r} but CUDA is not available; use cpu or auto")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ConfigError(
-                f"{option}={name!r} but this machine has {count} CUDA device(s): "
-                f"cuda:0..cuda:{count - 1}"
-            )
-    return device
-
-
-def loss_kwargs(cfg: Config) -> dict[str, Any]:
-    """Keyword arguments of :func:`dclnet_objective` from ``cfg.loss`` (a preset wins)."""
-    c = cfg.loss
-    kwargs: dict[str, Any] = {
-        "weights": LossWeights(id=c.id, metric=c.metric, part_id=c.part_id, pap=c.pap, dcl=c.dcl),
-        "metric": c.metric_loss,
-        "center_push": c.center_push,
-        "label_smoothing": c.label_smoothing,
-        "dcl_masks": c.dcl_masks,
-        "srm": c.srm,
-        "cam_class": c.cam_class,
-        "tau": c.tau,
-        "continuity_weight": c.continuity_weight,
-        "erase_rule": c.erase_rule,
-        "num_parts": cfg.model.num_parts,
-        "dcl_precision": c.dcl_precision,
-    }
-    if c.preset is not None:
-        kwargs.update(ABLATIONS[c.preset])
-    return kwargs
-
-
-def pretrained_weights(cfg: Config) -> str | Path | None:
-    """``model.pretrained``, with ``synthetic`` resolved to its cached weights file.
-
-    The synthetic backbone is pretrained at ``model.pretrain_size`` (default: the data size)
-    and then used at the data size: a file pretrained at 96 x 48 serves a 192 x 96 recipe
-    as it is, never re-pretrained at the larger size.
-    """
-    m = cfg.model
-    if m.pretrained != "synthetic":
-        return m.pretrained
-    from dclnet.data.cache import default_cache_dir
-    from dclnet.engine.synthetic_pretrain import synthetic_backbone
-
-    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
-    return synthetic_backbone(
-        m.arch,
-        pretrain_size(cfg),
-        cache,
-        layer3_stride=m.layer3_stride,
-        ids=m.pretrain_ids,
-        steps=m.pretrain_steps,
-        shift=m.pretrain_shift,
-        parts=m.pretrain_parts,
-        local=m.pretrain_local,
-        style=m.pretrain_style,
-        lr=m.pretrain_lr,
-    )
-
-
-def pretrain_size(cfg: Config) -> tuple[int, int]:
-    """H x W the synthetic backbone is pretrained at: ``model.pretrain_size`` or the data size."""
-    if cfg.model.pretrain_size is not None:
-        return tuple(cfg.model.pretrain_size)
-    return (cfg.data.height, cfg.data.width)
-
-
-def check_weights(cfg: Config) -> None:
-    """Raise now if ``model.pretrained`` cannot be loaded: before any data is rendered or cached.
-
-    ``synthetic`` weights are made (and cached) by the run itself, so only their recipe is
-    checked: a ``model.pretrain_size`` the backbone cannot be pretrained at, or one given
-    without ``model.pretrained=synthetic``.
-    """
-    m = cfg.model
-    if m.pretrained == "synthetic":
-        if m.pretrain_size is not None:
-            from dclnet.engine.synthetic_pretrain import check_pretrain_size
-
-            check_pretrain_size(tuple(m.pretrain_size), m.layer3_stride)
-        return
-    if m.pretrain_size is not None:
-        raise ConfigError(
-            f"model.pretrain_size={list(m.pretrain_size)} applies only to "
-            f"model.pretrained=synthetic (this run loads {m.pretrained!r}); remove it"
-        )
-    if m.pretrain_style != "default":
-        raise ConfigError(
-            f"model.pretrain_style={m.pretrain_style} applies only to "
-            f"model.pretrained=synthetic (this run loads {m.pretrained!r}); remove it"
-        )
-    check_pretrained(m.pretrained, m.arch)
-
-
-def _build_model(cfg: Config, num_classes: int) -> DCLNet:
-    m = cfg.model
-    return DCLNet(
-        num_classes,
-        arch=m.arch,
-        pretrained=pretrained_weights(cfg),
-        split=m.split,
-        num_parts=m.num_parts,
-        gem_p=m.gem_p,
-        pixel_init=m.pixel_init,
-        layer3_stride=m.layer3_stride,
-    )
-
-
-def _augment_config(cfg: Config) -> AugmentConfig:
-    return AugmentConfig(**dataclasses.asdict(cfg.augment))
-
-
-class MetricsLog:
-    """JSON-lines metrics log (and optional TensorBoard), written by rank 0 only."""
-
-    def __init__(self, output: Path, tensorboard: bool, enabled: bool = True):
-        self.enabled = enabled
-        self.path = output / "metrics.jsonl"
-        self._tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise ConfigError(
-                    "train.tensorboard=true needs the tensorboard package: "
-                    "pip install 'dclnet[tensorboard]'"
-                ) from exc
-            self._tb = SummaryWriter(str(output / "tensorboard"))
-
-    def write(self, event: str, step: int, **values: Any) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"event": event, "step": step, **values}) + "\n")
-        if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(f"{event}/{k}", v, step)
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-
-
-def checkpoint_state(cfg: Config, model: DCLNet, data: TrainData) -> dict[str, Any]:
-    """The self-describing part of every checkpoint (enough to rebuild the model)."""
-    return {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "model_args": model.model_args(),
-        "config": to_dict(cfg),
-        "preprocessing": {
-            "height": cfg.data.height,
-            "width": cfg.data.width,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-        },
-        "num_classes": data.num_classes,
-    }
-
-
-def _restore(path: Path, model: DCLNet, optimizer, scheduler, scaler) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    for key in ("optimizer", "scheduler", "epoch", "rng"):
-        if key not in state:
-            raise CheckpointError(
-                f"{path} has no {key!r}: it is a model-only checkpoint and cannot be resumed"
-            )
-    parts = [
-        ("model", lambda: model.load_state_dict(state["model"])),
-        ("optimizer", lambda: optimizer.load_state_dict(state["optimizer"])),
-        ("scheduler", lambda: scheduler.load_state_dict(state["scheduler"])),
-        ("scaler", lambda: state.get("scaler") and scaler.load_state_dict(state["scaler"])),
-        ("rng", lambda: torch.set_rng_state(state["rng"]["torch"])),
-    ]
-    for key, load in parts:
-        try:
-            load()
-        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
-            detail = " ".join(str(exc).split())[:200]
-            raise CheckpointError(
-                f"checkpoint {path}: field {key!r} does not fit this run ({detail})"
-            ) from None
-    return state
 
 
 def fit(
@@ -305,7 +138,7 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
         logger.info("%s", config_summary(cfg))
     check_weights(cfg)
     data = load_train_data_for(cfg, progress=progress and is_main)
-    model = _build_model(cfg, data.num_classes).to(device)
+    model = build_model(cfg, data.num_classes).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     kwargs = loss_kwargs(cfg)
@@ -330,7 +163,7 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
         device=device,
         amp_dtype=amp_dtype,
         loss_kwargs=kwargs,
-        augment=_augment_config(cfg),
+        augment=augment_config(cfg),
         channels_last=cfg.train.channels_last,
         compile=cfg.train.compile,
         compile_scope=cfg.train.compile_scope,
@@ -339,7 +172,7 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
     )
     start_epoch, best = 0, None
     if resume:
-        state = _restore(output / "last.pt", model, optimizer, scheduler, ctx.scaler)
+        state = restore_checkpoint(output / "last.pt", model, optimizer, scheduler, ctx.scaler)
         start_epoch, best = int(state["epoch"]), state.get("best")
         logger.info("resumed from %s at epoch %d", output / "last.pt", start_epoch)
     if is_main:
@@ -387,7 +220,7 @@ def _fit(cfg: Config, output: Path, *, resume: bool, progress: bool) -> dict:
             evals = _periodic_eval(
                 cfg, epoch, model, data, device, log, is_main, (epoch + 1) * steps_per_epoch
             )
-            best = _update_best(cfg, epoch, model, data, evals, best, output, is_main)
+            best = update_best(cfg, epoch, model, data, evals, best, output, is_main)
             if is_main:
                 save_checkpoint(
                     {
@@ -424,29 +257,6 @@ def _evaluate(
     )
 
 
-def _update_best(
-    cfg: Config,
-    epoch: int,
-    model: DCLNet,
-    data: TrainData,
-    evals: dict[str, ProtocolResult],
-    best: dict | None,
-    output: Path,
-    is_main: bool,
-) -> dict | None:
-    """Keep ``best.pt`` at the best validation rank-1 so far (never selected on test data)."""
-    if evals.get("validation") is None:
-        return best
-    r1 = evals["validation"].plain.mean["rank1"]
-    if best is not None and r1 <= best["rank1"]:
-        return best
-    best = {"epoch": epoch + 1, **evals["validation"].plain.mean}
-    if is_main:
-        state = {**checkpoint_state(cfg, model, data), "epoch": epoch + 1, "validation": best}
-        save_checkpoint(state, output / "best.pt")
-    return best
-
-
 def _final_test(
     cfg: Config,
     model: DCLNet,
@@ -467,7 +277,7 @@ def _final_test(
     if not data.has_test:
         return None
     is_main = dist_utils.rank() == 0
-    tested = _load_best(model, output, best) if best is not None else None
+    tested = load_best(model, output, best) if best is not None else None
     if tested is None:
         tested = {"file": "last.pt", "epoch": cfg.optim.epochs}
     test_data = load_eval_data_for(cfg, progress=progress and is_main)
@@ -497,25 +307,6 @@ def _final_test(
             output / "test_results.json",
         )
     return out
-
-
-def _load_best(model: DCLNet, output: Path, best: dict) -> dict | None:
-    """Put ``best.pt``'s weights into ``model`` on every rank; which file and epoch, or None.
-
-    Rank 0 reads the file (the other ranks need not see the run folder) and broadcasts the
-    weights. None, with a warning, when ``best.pt`` has gone missing: the last model is tested.
-    """
-    path = output / "best.pt"
-    found = True
-    if dist_utils.rank() == 0:
-        found = path.is_file()
-        if found:
-            model.load_state_dict(load_checkpoint(path)["model"])
-        else:
-            logger.warning("%s is missing: the final test uses the last model instead", path)
-    found = bool(dist_utils.all_reduce_mean(torch.tensor([float(found)])).item() == 1.0)
-    dist_utils.broadcast_state(model)
-    return {"file": "best.pt", "epoch": int(best["epoch"])} if found else None
 
 
 def _train_epoch(

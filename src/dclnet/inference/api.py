@@ -116,7 +116,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
     """
     if isinstance(name, torch.device):
         return name
-    from dclnet.engine.train import resolve_device as resolve
+    from dclnet.engine.build import resolve_device as resolve
 
     return resolve(name, "--device")
 

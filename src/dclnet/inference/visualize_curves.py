@@ -1,7 +1,7 @@
 """Training curves from a run's ``metrics.jsonl``.
 
 Each line of the log is ``{"event": ..., "step": int, ...numbers...}`` as written by
-:class:`dclnet.engine.train.MetricsLog`: ``train`` lines carry the loss terms and ``lr``,
+:class:`dclnet.engine.run_state.MetricsLog`: ``train`` lines carry the loss terms and ``lr``,
 ``epoch`` lines throughput, ``validation`` / ``monitoring`` / ``test`` lines ranking metrics
 (``rank1``, ``mAP``, ``mINP``, ...).
 """
