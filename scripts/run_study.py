@@ -235,7 +235,8 @@ def main() -> int:
         "missing": missing,
         "run_machines": sorted(
             {
-                f"{r.get('cpu', 'CPU model not recorded')}, {r.get('threads', '?')} threads"
+                f"{r.get('cpu', 'CPU model not recorded')}, {r.get('threads', '?')} "
+                f"thread{'' if r.get('threads') == 1 else 's'}"
                 for runs in results.values()
                 for r in runs
             }

@@ -233,3 +233,13 @@ def test_every_help_page_stays_wrapped(monkeypatch):
     long = [(name, line) for name, text in pages(parser, "dclnet") for line in text.splitlines()
             if len(line) > 100]  # fmt: skip
     assert long == []
+
+
+def test_demo_record_says_how_long_the_one_time_pretraining_took(tmp_path):
+    cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
+                             f"data.cache_dir={tmp_path}", "data.height=32", "data.width=16",
+                             "model.pretrain_ids=6", "model.pretrain_steps=1"])  # fmt: skip
+    first = runs._pretrain_once(cfg)
+    assert first > 0 and len(list((tmp_path / "pretrained").glob("*.pt"))) == 1
+    assert runs._pretrain_once(cfg) == 0.0  # cached: nothing made, nothing timed
+    assert runs._pretrain_once(load_config(None, ["model.pretrained=null"])) == 0.0
