@@ -85,9 +85,15 @@ def render_demo(record: dict[str, Any], pair: list[dict[str, Any]] | None = None
             "every sum is added up in another order. The same recipe on synthetic seed 7 with "
             f"the backbone cached printed rank-1 {a['rank1']:.2f} / mAP {a['mAP']:.2f} / mINP "
             f"{a['mINP']:.2f} with {threads[0]} threads and {b['rank1']:.2f} / {b['mAP']:.2f} "
-            f"/ {b['mINP']:.2f} with {threads[1]} (`{pair[1]['command']}`, same machine): "
+            f"/ {b['mINP']:.2f} with {threads[1]} (`{pair[1]['command']}`; on "
+            f"{_where(pair[0])} and on {_where(pair[1])}): "
             f"{abs(a['rank1'] - b['rank1']):.1f} rank-1 points and "
-            f"{abs(a['mAP'] - b['mAP']):.1f} mAP points apart from the summation order alone.",
+            f"{abs(a['mAP'] - b['mAP']):.1f} mAP points apart"
+            + (
+                " with nothing changed but the thread count."
+                if all("cpu" in r for r in pair)
+                else " (the first run predates recording the CPU model, so the CPU may differ too)."
+            ),
         ]
     return "\n".join(lines)
 
