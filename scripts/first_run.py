@@ -14,8 +14,10 @@ new, empty cache folder, as a new user would:
 
 Each run's ``--json`` record (the demo's metrics, config, machine, CPU, pretraining
 seconds) is written to ``--out/<variant>-<set>.json`` with the load average at its end, as
-soon as it finishes; a variant whose files exist is skipped, so a stopped sweep loses at most one run.
-``python -m dclnet.reporting`` turns the files into the variants table of docs/synthetic.md.
+soon as it finishes; a variant whose files exist is skipped, so a stopped sweep loses at
+most one run. ``python -m dclnet.reporting`` turns the files into the first-run table of
+docs/synthetic.md. ``recipe`` is the demo recipe as configured; ``r96-1500`` the same
+pretraining spelled out.
 """
 
 from __future__ import annotations
