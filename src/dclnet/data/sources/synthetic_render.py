@@ -154,9 +154,7 @@ def sample_people(rng: np.random.Generator, n: int, style: str = "default") -> P
     return restyle_people(rng, people, style, constants)
 
 
-def sample_views(
-    rng: np.random.Generator, n: int, style: str = "default"
-) -> dict[str, np.ndarray]:
+def sample_views(rng: np.random.Generator, n: int, style: str = "default") -> dict[str, np.ndarray]:
     """Draw per-image pose and photometric parameters for ``n`` images (name -> ``n`` array),
     in the look ``style``."""
     u = rng.uniform
