@@ -65,6 +65,14 @@ def loss_kwargs(cfg: Config) -> dict[str, Any]:
     return kwargs
 
 
+def cache_root(cfg: Config) -> Path:
+    """The cache folder of a run: ``data.cache_dir`` or the default one (its ``pretrained/``
+    holds the synthetic backbones)."""
+    from dclnet.data.cache import default_cache_dir
+
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+
+
 def pretrained_weights(cfg: Config) -> str | Path | None:
     """``model.pretrained``, with ``synthetic`` resolved to its cached weights file.
 
@@ -75,10 +83,9 @@ def pretrained_weights(cfg: Config) -> str | Path | None:
     m = cfg.model
     if m.pretrained != "synthetic":
         return m.pretrained
-    from dclnet.data.cache import default_cache_dir
     from dclnet.engine.synthetic_pretrain import synthetic_backbone
 
-    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+    cache = cache_root(cfg)
     return synthetic_backbone(
         m.arch,
         pretrain_size(cfg),

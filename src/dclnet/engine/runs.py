@@ -24,7 +24,13 @@ from dclnet.config import (
 )
 from dclnet.data.splits import ProtocolSettings
 from dclnet.engine import distributed as dist_utils
-from dclnet.engine.build import check_weights, loss_kwargs, pretrained_weights, resolve_device
+from dclnet.engine.build import (
+    cache_root,
+    check_weights,
+    loss_kwargs,
+    pretrained_weights,
+    resolve_device,
+)
 from dclnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from dclnet.engine.run_data import load_eval_data_for
 from dclnet.engine.run_folder import LOCK_NAME, refuse_used_run_folder
@@ -438,12 +444,9 @@ def _pretrain_once(cfg: Config) -> float:
     the cached file."""
     import time
 
-    from dclnet.data.cache import default_cache_dir
-
     if cfg.model.pretrained != "synthetic":
         return 0.0
-    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
-    before = set((cache / "pretrained").glob("*.pt"))
+    before = set((cache_root(cfg) / "pretrained").glob("*.pt"))
     start = time.perf_counter()
     path = Path(pretrained_weights(cfg))
     return 0.0 if path in before else time.perf_counter() - start
