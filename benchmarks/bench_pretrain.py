@@ -2,10 +2,11 @@
 
     python benchmarks/bench_pretrain.py --json docs/results/bench_pretrain.json
 
-One pretraining step (``dclnet.engine.synthetic_pretrain``: ResNet-18, last stride 1, GeM,
-a 512-way identity classifier, Adam; 64 images) timed on random images at each size, in
-the default (contiguous) and ``channels_last`` memory layouts, after 3 warm-up steps, as
-the median of ``--steps`` timed steps. Also the time to render the 512-person pretraining
+One pretraining step (``dclnet.engine.synthetic_pretrain``: ResNet-18, GeM, a 512-way
+identity classifier, Adam; 64 images) timed on random images at each size, with layer4 at
+stride 1 (the default) and 2 (``model.pretrain_last_stride=2``), in the default
+(contiguous) and ``channels_last`` memory layouts, after 3 warm-up steps, as the median of
+``--steps`` timed steps. Also the time to render the 512-person pretraining
 population at each size in each look. The numbers say what a first ``dclnet demo`` pays
 for per step, so that the pretraining recipe is chosen on measurements.
 """
@@ -21,12 +22,14 @@ import torch
 import torch.nn.functional as F
 
 
-def step_seconds(size: tuple[int, int], channels_last: bool, steps: int) -> float:
+def step_seconds(
+    size: tuple[int, int], channels_last: bool, steps: int, last_stride: int = 1
+) -> float:
     """Median seconds of one training step of the pretraining classifier at ``size``."""
     from dclnet.engine.synthetic_pretrain import _Classifier
 
     torch.manual_seed(0)
-    model = _Classifier("resnet18", 2, 512).train()
+    model = _Classifier("resnet18", 2, 512, last_stride=last_stride).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(64, 3, *size)
     y = torch.randint(0, 512, (64,))
@@ -65,16 +68,18 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print(f"{'size':>8s} {'layout':>14s} {'s/step':>7s} {'render s (default, wide)':>25s}")
+    print(f"{'size':>8s} {'last stride':>11s} {'layout':>14s} {'s/step':>7s} "
+          f"{'render s (default, wide)':>25s}")  # fmt: skip
     for size in ((64, 32), (96, 48)):
         render = {s: render_seconds(size, s) for s in ("default", "wide")}
-        for channels_last in (False, True):
-            sec = step_seconds(size, channels_last, args.steps)
-            layout = "channels_last" if channels_last else "contiguous"
-            rows.append({"size": list(size), "layout": layout, "step_seconds": sec,
-                         "render_seconds": render})  # fmt: skip
-            print(f"{size[0]:>4d}x{size[1]:<3d} {layout:>14s} {sec:7.3f} "
-                  f"{render['default']:12.1f} {render['wide']:12.1f}")  # fmt: skip
+        for last_stride in (1, 2):
+            for channels_last in (False, True):
+                sec = step_seconds(size, channels_last, args.steps, last_stride)
+                layout = "channels_last" if channels_last else "contiguous"
+                rows.append({"size": list(size), "last_stride": last_stride, "layout": layout,
+                             "step_seconds": sec, "render_seconds": render})  # fmt: skip
+                print(f"{size[0]:>4d}x{size[1]:<3d} {last_stride:>11d} {layout:>14s} "
+                      f"{sec:7.3f} {render['default']:12.1f} {render['wide']:12.1f}")  # fmt: skip
     if args.json:
         import os
 

@@ -75,9 +75,12 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake(arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local, style, lr):
+    def fake(
+        arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local, style, lr,
+        last_stride,
+    ):  # fmt: skip
         calls.append((arch, size, cache, layer3_stride, ids, steps, shift, parts, local))
-        assert (style, lr) == ("heldout", 3e-3)
+        assert (style, lr, last_stride) == ("heldout", 3e-3, 1)
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
@@ -272,6 +275,20 @@ def test_a_larger_recipe_loads_the_small_pretrained_file_as_is(tmp_path, monkeyp
             ["model.pretrained=imagenet", "model.pretrain_style=wide"],
             r"model.pretrain_style=wide applies only to model.pretrained=synthetic",
         ),
+        (
+            ["model.pretrained=null", "model.pretrain_last_stride=2"],
+            r"model.pretrain_last_stride=2 applies only to model.pretrained=synthetic",
+        ),
+        # last stride 2 doubles the output stride; the data size (96 x 48) is checked too
+        (
+            ["model.pretrain_last_stride=2", "data.height=96", "data.width=48"],
+            r"model.pretrain_size=\[96, 48\] .*output stride 32 .*pretrain_last_stride=2\).*"
+            r"multiple of 32.*e.g. model.pretrain_size=\[128,64\]",
+        ),
+        (
+            ["model.pretrain_last_stride=2", "model.pretrain_size=[48, 32]"],
+            r"at least 64 x 32",
+        ),
     ],
 )
 def test_pretrain_size_the_backbone_cannot_serve_is_refused(overrides, message):
@@ -304,3 +321,38 @@ def test_pretraining_announces_its_duration_once(caplog):
     assert (
         lines[0].startswith("synthetic pretraining: 14 steps, ") and "more (done once" in lines[0]
     )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_last_stride_2_pretraining_is_its_own_file_and_serves_a_last_stride_1_run(tmp_path):
+    from dclnet.config import load_config
+    from dclnet.engine import build
+
+    plain = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800)
+    assert pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, last_stride=1) == plain
+    strided = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, last_stride=2)
+    assert strided.name == "synthetic-resnet18-64x32-s32-512ids-800steps-ls2-v1.pt"
+
+    seen = []
+    real = synthetic_pretrain.build_resnet
+
+    def spy(arch, **kwargs):
+        seen.append(kwargs["last_stride"])
+        return real(arch, **kwargs)
+
+    cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
+                             f"data.cache_dir={tmp_path}", "data.height=96", "data.width=48",
+                             "model.pretrain_size=[64, 32]", "model.pretrain_ids=6",
+                             "model.pretrain_steps=2", "model.pretrain_last_stride=2"])  # fmt: skip
+    build.check_weights(cfg)
+    mp = pytest.MonkeyPatch()
+    with mp.context() as m:
+        m.setattr(synthetic_pretrain, "build_resnet", spy)
+        path = build.pretrained_weights(cfg)
+    assert seen == [2]  # pretrained with layer4 at stride 2 ...
+    assert path.name.endswith("-ls2-v1.pt") and path.is_file()
+    state = torch.load(path, weights_only=True)
+    net = build.build_model(cfg, 4).eval()  # ... used with the run's last stride 1
+    torch.testing.assert_close(net.shared.layer4[0].conv1.weight, state["layer4.0.conv1.weight"])
+    with torch.no_grad():  # 96 x 48 at output stride 16: a 6 x 3 final map
+        assert net.shared(net.infrared(torch.zeros(2, 3, 96, 48))).shape[-2:] == (6, 3)

@@ -86,6 +86,7 @@ class ModelConfig:
     pretrain_ids: int = 512  # pretrained=synthetic: people in the pretraining population
     pretrain_style: str = "default"  # pretrained=synthetic: that population's look
     pretrain_lr: float = 1e-3  # pretrained=synthetic: Adam's peak learning rate
+    pretrain_last_stride: int = 1  # pretrained=synthetic: layer4's stride while pretraining
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ _CHOICES = {
     "data.verify_cache": VERIFY_CACHE,
     "data.synthetic_style": SYNTHETIC_STYLES,
     "model.pretrain_style": SYNTHETIC_STYLES,
+    "model.pretrain_last_stride": (1, 2),
     "model.arch": ARCHS,
     "loss.preset": PRESETS + (None,),
     "loss.metric_loss": METRIC_LOSSES,

@@ -168,6 +168,7 @@ def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
         f"{size[0]} × {size[1]}, {model.get('pretrain_steps', 500)} steps, lr "
         f"{model.get('pretrain_lr', 1e-3):g}, {model.get('pretrain_ids', 512)} people, "
         f"{model.get('pretrain_style', 'default')} look"
+        + (", last stride 2" if model.get("pretrain_last_stride", 1) == 2 else "")
     )
 
 

@@ -98,6 +98,7 @@ def pretrained_weights(cfg: Config) -> str | Path | None:
         local=m.pretrain_local,
         style=m.pretrain_style,
         lr=m.pretrain_lr,
+        last_stride=m.pretrain_last_stride,
     )
 
 
@@ -112,26 +113,27 @@ def check_weights(cfg: Config) -> None:
     """Raise now if ``model.pretrained`` cannot be loaded: before any data is rendered or cached.
 
     ``synthetic`` weights are made (and cached) by the run itself, so only their recipe is
-    checked: a ``model.pretrain_size`` the backbone cannot be pretrained at, or one given
-    without ``model.pretrained=synthetic``.
+    checked: a size the backbone cannot be pretrained at (``model.pretrain_size``, or the
+    data size with ``model.pretrain_last_stride`` 2), or a pretraining setting given without
+    ``model.pretrained=synthetic``.
     """
     m = cfg.model
     if m.pretrained == "synthetic":
-        if m.pretrain_size is not None:
+        if m.pretrain_size is not None or m.pretrain_last_stride != 1:
             from dclnet.engine.synthetic_pretrain import check_pretrain_size
 
-            check_pretrain_size(tuple(m.pretrain_size), m.layer3_stride)
+            check_pretrain_size(pretrain_size(cfg), m.layer3_stride, m.pretrain_last_stride)
         return
-    if m.pretrain_size is not None:
-        raise ConfigError(
-            f"model.pretrain_size={list(m.pretrain_size)} applies only to "
-            f"model.pretrained=synthetic (this run loads {m.pretrained!r}); remove it"
-        )
-    if m.pretrain_style != "default":
-        raise ConfigError(
-            f"model.pretrain_style={m.pretrain_style} applies only to "
-            f"model.pretrained=synthetic (this run loads {m.pretrained!r}); remove it"
-        )
+    for key, value, default in (
+        ("pretrain_size", m.pretrain_size and list(m.pretrain_size), None),
+        ("pretrain_style", m.pretrain_style, "default"),
+        ("pretrain_last_stride", m.pretrain_last_stride, 1),
+    ):
+        if value != default:
+            raise ConfigError(
+                f"model.{key}={value} applies only to model.pretrained=synthetic (this run "
+                f"loads {m.pretrained!r}); remove it"
+            )
     check_pretrained(m.pretrained, m.arch)
 
 

@@ -66,6 +66,7 @@ def pretrained_path(
     local: float = 0.0,
     style: str = "default",
     lr: float = DEFAULT_LR,
+    last_stride: int = 1,
 ) -> Path:
     """Cache file of one pretraining recipe (a setting at its default adds nothing to the
     name, so files written before the setting existed keep their names)."""
@@ -75,17 +76,18 @@ def pretrained_path(
     parsed += f"-local{local:g}" if local else ""
     parsed += f"-{style}" if style != "default" else ""
     parsed += f"-lr{lr:g}" if lr != DEFAULT_LR else ""
+    parsed += f"-ls{last_stride}" if last_stride != 1 else ""
     name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}{parsed}"
     return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
 
 
-def output_stride(layer3_stride: int) -> int:
-    """Pixels per final-map cell of the pretrained ResNet (last stride 1): 16, or 8 with
-    ``layer3_stride`` 1."""
-    return 8 * layer3_stride
+def output_stride(layer3_stride: int, last_stride: int = 1) -> int:
+    """Pixels per final-map cell of the ResNet while it is pretrained: 16 (8 with
+    ``layer3_stride`` 1), twice that with ``last_stride`` 2."""
+    return 8 * layer3_stride * last_stride
 
 
-def check_pretrain_size(size: tuple[int, int], layer3_stride: int) -> None:
+def check_pretrain_size(size: tuple[int, int], layer3_stride: int, last_stride: int = 1) -> None:
     """Raise a :class:`ConfigError` (naming ``model.pretrain_size``) for a size the backbone
     cannot be pretrained at.
 
@@ -93,13 +95,15 @@ def check_pretrain_size(size: tuple[int, int], layer3_stride: int) -> None:
     cell covers whole pixels (the per-cell pretraining tasks pool their targets over the
     cells), and give a final map of at least 2 × 1 cells.
     """
-    stride = output_stride(layer3_stride)
+    stride = output_stride(layer3_stride, last_stride)
     h, w = size
     if h % stride or w % stride or h < 2 * stride or w < stride:
-        near = (max(2, round(h / stride)) * stride, max(1, round(w / stride)) * stride)
+        cols = max(1, round(w / stride))  # the nearest size with this aspect ratio
+        near = (max(2, round(h / w * cols)) * stride, cols * stride)
         raise ConfigError(
             f"model.pretrain_size={[h, w]} cannot be served by a ResNet with output stride "
-            f"{stride} (model.layer3_stride={layer3_stride}): each side must be a multiple of "
+            f"{stride} (model.layer3_stride={layer3_stride}, model.pretrain_last_stride="
+            f"{last_stride}): each side must be a multiple of "
             f"{stride}, at least {2 * stride} x {stride}; e.g. model.pretrain_size=[{near[0]},"
             f"{near[1]}]"
         )
@@ -119,9 +123,10 @@ class _Classifier(nn.Module):
         num_classes: int,
         num_parts: int = 0,
         local: bool = False,
+        last_stride: int = 1,
     ) -> None:
         super().__init__()
-        self.backbone = build_resnet(arch, last_stride=1, layer3_stride=layer3_stride)
+        self.backbone = build_resnet(arch, last_stride=last_stride, layer3_stride=layer3_stride)
         dim = self.backbone.stage_channels[-1]
         self.pool = GeM(3.0)
         self.neck = nn.BatchNorm1d(dim)
@@ -289,6 +294,7 @@ def pretrain_backbone(
     parts: float = 0.0,
     local: float = 0.0,
     style: str = "default",
+    last_stride: int = 1,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Train a ResNet to classify the people of a separate synthetic population, rendered in
@@ -301,7 +307,10 @@ def pretrain_backbone(
     a linear warm-up over the first 5 % of ``steps`` and cosine decay to 0. With ``parts``
     > 0 the loss adds ``parts`` × :func:`part_mix_loss` of a per-cell part head on the final
     map (targets: the population's part maps, flipped with their images, erased pixels
-    counted as background).
+    counted as background). ``last_stride`` 2 pretrains with layer4 at stride 2, as
+    ImageNet classifiers are trained (layer4 then costs a quarter; benchmarks/bench_pretrain.py
+    times a whole step); the run
+    then uses the weights with its own last stride, as it does ImageNet's.
 
     Returns:
         The backbone's state dict with torchvision key names (``fc.*`` dropped).
@@ -328,7 +337,9 @@ def pretrain_backbone(
     rng = np.random.default_rng(PRETRAIN_SEED)
     gen = torch.Generator().manual_seed(PRETRAIN_SEED)
     num_parts = len(PART_NAMES) if parts else 0
-    model = _Classifier(arch, layer3_stride, len(syn.train_ids), num_parts, bool(local)).train()
+    model = _Classifier(
+        arch, layer3_stride, len(syn.train_ids), num_parts, bool(local), last_stride
+    ).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -397,6 +408,7 @@ def synthetic_backbone(
     local: float = 0.0,
     style: str = "default",
     lr: float = DEFAULT_LR,
+    last_stride: int = 1,
     progress: bool = True,
 ) -> Path:
     """Path of the cached synthetic-pretrained backbone; trains and caches it when missing.
@@ -405,8 +417,9 @@ def synthetic_backbone(
     leaves nothing that a later run would load.
     """
     path = pretrained_path(
-        cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local, style, lr
-    )
+        cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local, style, lr,
+        last_stride,
+    )  # fmt: skip
     if path.is_file():
         return path
     logger.info(
@@ -430,6 +443,7 @@ def synthetic_backbone(
         local=local,
         style=style,
         lr=lr,
+        last_stride=last_stride,
         progress=progress,
     )
     with atomic_write(path, "wb") as fh:
