@@ -50,6 +50,18 @@ VARIANTS = {
         "model.pretrain_style=wide",
     ],
 }
+# 64 x 32 at lr 2e-3 with N steps, in a look, with layer4 at stride 1 or 2 while pretraining
+for _steps, _style, _stride in [(1000, "default", 1), (1000, "wide", 1), (1000, "default", 2),
+                                (1200, "default", 2), (1200, "wide", 2)]:  # fmt: skip
+    VARIANTS[
+        f"s64-{_steps}" + ("-wide" if _style == "wide" else "") + ("-ls2" if _stride == 2 else "")
+    ] = [
+        "model.pretrain_size=[64,32]",
+        f"model.pretrain_steps={_steps}",
+        "model.pretrain_lr=2e-3",
+        f"model.pretrain_style={_style}",
+        *([f"model.pretrain_last_stride={_stride}"] if _stride != 1 else []),
+    ]
 SETS = {"seed7": ["data.synthetic_seed=7"], "heldout": ["data.synthetic_seed=7",
         "data.synthetic_style=heldout"]}  # fmt: skip
 _TOOK = re.compile(r"synthetic pretraining took (\d+) s")

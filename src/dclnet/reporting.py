@@ -172,6 +172,12 @@ def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
     )
 
 
+def _ran_on(record: dict[str, Any]) -> str:
+    """``"AMD EPYC (AVX2), 1 thread"``: the CPU and thread count of a results record."""
+    cpu = f"{record['cpu']} ({record['cpu_capability']})" if "cpu" in record else "CPU not recorded"
+    return f"{cpu}, {record['threads']} thread{'s' * (record['threads'] != 1)}"
+
+
 def _cells(mean: dict[str, float]) -> str:
     return f"{mean['rank1']:.2f} / {mean['mAP']:.2f} / {mean['mINP']:.2f}"
 
@@ -190,9 +196,9 @@ def render_first_run(folder: Path) -> str:
         runs.setdefault(name, {})[which] = json.loads(path.read_text())
     cnn = runs.pop("cnn", {})
     lines = [
-        "| model | synthetic pretraining | whole command | of it pretraining "
+        "| model | synthetic pretraining | whole command | of it pretraining | ran on "
         "| seed 7: rank-1 / mAP / mINP | held-out look: rank-1 / mAP / mINP |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     commands, where = [], None
     for name, sets in runs.items():
@@ -206,7 +212,7 @@ def render_first_run(folder: Path) -> str:
             f"| DCLNet demo (`{name}`) | {_pretraining(cfg['model'], cfg['data'])} | "
             f"{first['seconds'] / 60:.1f} min | "
             + (f"{pre / 60:.1f} min" if pre else "none (backbone cached earlier)")
-            + f" | {cells[0]} | {cells[1]} |"
+            + f" | {_ran_on(first)} | {cells[0]} | {cells[1]} |"
         )
         for which in ("seed7", "heldout"):
             if which in sets:
@@ -215,17 +221,19 @@ def render_first_run(folder: Path) -> str:
                 commands.append(f"`{sets[which]['command']}`{at_end}")
     if cnn:
         cells = [_cells(cnn[s]["mean"]) if s in cnn else "not run" for s in ("seed7", "heldout")]
-        budget = next(iter(cnn.values()))["train_seconds"]
+        first = next(iter(cnn.values()))
         lines.append(
             f"| small CNN (`benchmarks/synthetic_gap.py --protocol`) | none | "
-            f"{budget / 60:.1f} min of training | – | {cells[0]} | {cells[1]} |"
+            f"{first['train_seconds'] / 60:.1f} min of training | – | {_ran_on(first)} | "
+            f"{cells[0]} | {cells[1]} |"
         )
         commands += [f"`{r['command']}`" for r in cnn.values()]
     if where is None:
         return "Not measured yet: `python scripts/first_run.py` writes `docs/results/first_run/`."
     lines += [
         "",
-        f"Commands: {', '.join(commands)}; on {_where(where)}. A row with a pretraining time "
+        f"Commands: {', '.join(commands)}; torch {where['torch']}, {where['machine']}, the "
+        "CPU model and thread count in each row. A row with a pretraining time "
         "is a first run (`scripts/first_run.py`: a new, empty cache folder; its held-out-look "
         "run then loads the backbone its seed-7 run cached); the other rows load a cached "
         "backbone. Protocol: SYSU-style all-search, single-shot, 10 seeded gallery trials, "
