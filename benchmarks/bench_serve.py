@@ -100,7 +100,8 @@ def query_images(n: int, seed: int = 0) -> list[bytes]:
 def build_indexes(args: argparse.Namespace, work: Path, embedder) -> dict[str, Path]:
     """The synthetic gallery as an exact and a FAISS index folder (paths are made up)."""
     from dclnet.inference import faiss_index
-    from dclnet.inference.index import GalleryIndex, save_index
+    from dclnet.inference.index import GalleryIndex
+    from dclnet.inference.index_store import save_index
 
     root = work / "gallery"
     (root / "appended").mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ pytest.importorskip("faiss", reason='the faiss extra is not installed: pip insta
 from dclnet.errors import DataError, DclnetError  # noqa: E402
 from dclnet.inference import faiss_index  # noqa: E402
 from dclnet.inference.api import Embedder  # noqa: E402
-from dclnet.inference.index import GalleryIndex, list_images, load_index  # noqa: E402
+from dclnet.inference.index import GalleryIndex, list_images  # noqa: E402
+from dclnet.inference.index_store import load_index  # noqa: E402
 from dclnet.inference.indexing import write_index  # noqa: E402
 from dclnet.inference.topk import topk_search  # noqa: E402
 

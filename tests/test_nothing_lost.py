@@ -90,7 +90,7 @@ def _append_process(ckpt: Path, index: Path, images: Path) -> subprocess.Popen:
 @pytest.mark.timeout(240)
 def test_concurrent_appends_lose_no_rows(world, embedder, tmp_path):
     """Two real ``dclnet index --append`` processes on one index: both sets of rows arrive."""
-    from dclnet.inference.index import load_index
+    from dclnet.inference.index_store import load_index
     from dclnet.inference.indexing import write_index
 
     root = tmp_path / "gallery"
@@ -109,7 +109,7 @@ def test_concurrent_appends_lose_no_rows(world, embedder, tmp_path):
 
 def test_index_lock_is_exclusive_across_processes(tmp_path):
     """While ``index_lock`` is held, another process cannot take it (the lock a service shares)."""
-    from dclnet.inference.index import index_lock
+    from dclnet.inference.index_store import index_lock
 
     (tmp_path / "idx").mkdir()
     probe = (
@@ -372,7 +372,7 @@ def test_list_paths_outside_the_root_are_refused(dataset, regdb_root, tmp_path):
     ],
 )
 def test_edited_index_is_refused_at_load(case, needle, world, embedder, tmp_path, capsys):
-    from dclnet.inference.index import load_index
+    from dclnet.inference.index_store import load_index
 
     idx = _exact_index(embedder, world, tmp_path / "idx")
     meta = json.loads((idx / "meta.json").read_text())
@@ -444,7 +444,7 @@ def test_faiss_search_parameters_out_of_range(factory, option, needle, world, fa
 
 
 def test_faiss_saved_ef_search_out_of_range(world, faiss_indexes, tmp_path):
-    from dclnet.inference.index import load_index
+    from dclnet.inference.index_store import load_index
 
     idx = Path(shutil.copytree(faiss_indexes["HNSW32"], tmp_path / "idx"))
     meta = json.loads((idx / "meta.json").read_text())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from _inference_fixtures import (
 from dclnet.errors import DataError, DclnetError, OutputError
 from dclnet.fileio import dir_mode
 from dclnet.inference.api import Embedder
-from dclnet.inference.index import list_images, load_index, save_index, topk_search
+from dclnet.inference.index import list_images, topk_search
+from dclnet.inference.index_store import load_index, save_index
 from dclnet.inference.indexing import build_index, write_index
 from dclnet.inference.results import search
 
@@ -106,6 +109,30 @@ def test_list_images(tmp_path):
         list_images(tmp_path / "empty")
     with pytest.raises(DataError, match="not a directory"):
         list_images(tmp_path / "c.bmp")
+
+
+def test_index_folder_names_keep_their_old_import_path():
+    """index_store's public names are re-exported by index (the same objects), and a fresh
+    process may import index_store first (the order a top-level cycle would break)."""
+    from dclnet.inference import index, index_store
+
+    moved = ["BACKENDS", "COPY_ROWS", "NORM_TOLERANCE", "atomic_index_dir", "index_lock"]
+    moved += ["load_index", "lock_path", "save_index", "save_index_locked", "truncate_rows"]
+    moved += ["write_json_fsync"]
+    for name in moved:
+        assert getattr(index, name) is getattr(index_store, name), name
+        assert name in index.__all__
+    assert index_store.GalleryIndex is index.GalleryIndex
+    code = (
+        "import dclnet.inference.index_store as s, dclnet.inference.index as i;"
+        "assert s.load_index is i.load_index and s.GalleryIndex is i.GalleryIndex"
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+    }
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_index_contents(world, embedder, tmp_path):

@@ -94,7 +94,8 @@ def _cmd_append(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from dclnet.inference.index import expand_inputs, load_index
+    from dclnet.inference.index import expand_inputs
+    from dclnet.inference.index_store import load_index
     from dclnet.inference.indexing import build_index
     from dclnet.inference.results import format_results, search, write_results
 

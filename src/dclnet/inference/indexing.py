@@ -24,13 +24,12 @@ from dclnet.errors import DataError, DclnetError
 from dclnet.fileio import require_free_space
 from dclnet.inference import faiss_index
 from dclnet.inference.api import Embedder, check_flag
-from dclnet.inference.index import (
+from dclnet.inference.index import GalleryIndex, list_images
+from dclnet.inference.index_store import (
     BACKENDS,
     COPY_ROWS,
-    GalleryIndex,
     atomic_index_dir,
     index_lock,
-    list_images,
     load_index,
     truncate_rows,
     write_json_fsync,

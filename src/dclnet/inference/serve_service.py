@@ -39,7 +39,8 @@ from dclnet.fileio import atomic_write
 from dclnet.inference import index as index_module
 from dclnet.inference import indexing
 from dclnet.inference.api import Embedder, resize_rgb
-from dclnet.inference.index import IMAGE_EXTENSIONS, GalleryIndex, load_index
+from dclnet.inference.index import IMAGE_EXTENSIONS, GalleryIndex
+from dclnet.inference.index_store import load_index
 from dclnet.inference.serve_batching import Query
 
 logger = logging.getLogger(__name__)
