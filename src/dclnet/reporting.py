@@ -56,9 +56,9 @@ def _where(record: dict[str, Any]) -> str:
 
 
 def _threads_pair(results: Path) -> list[dict[str, Any]]:
-    """The demo recipe on seed 7 with 2 threads and with 1 (backbone cached), when both
-    files exist: the same computation summed in another order."""
-    names = ("demo_seed7.json", "first_run/r96-1500-cached-seed7.json")
+    """The demo recipe on seed 7 with 2 threads and with 1, when both files exist: the same
+    computation summed in another order."""
+    names = ("first_run/recipe-seed7.json", "first_run/s64-1000-seed7.json")
     found = [results / n for n in names if (results / n).is_file()]
     return [json.loads(p.read_text()) for p in found] if len(found) == 2 else []
 
@@ -82,8 +82,8 @@ def render_demo(record: dict[str, Any], pair: list[dict[str, Any]] | None = None
         lines += [
             "",
             "How far another CPU may move these numbers: another CPU runs other kernels, so "
-            "every sum is added up in another order. The same recipe on synthetic seed 7 with "
-            f"the backbone cached printed rank-1 {a['rank1']:.2f} / mAP {a['mAP']:.2f} / mINP "
+            "every sum is added up in another order. The same recipe on synthetic seed 7 "
+            f"printed rank-1 {a['rank1']:.2f} / mAP {a['mAP']:.2f} / mINP "
             f"{a['mINP']:.2f} with {threads[0]} threads and {b['rank1']:.2f} / {b['mAP']:.2f} "
             f"/ {b['mINP']:.2f} with {threads[1]} (`{pair[1]['command']}`; on "
             f"{_where(pair[0])} and on {_where(pair[1])}): "
@@ -216,8 +216,9 @@ def render_first_run(folder: Path) -> str:
         )
         for which in ("seed7", "heldout"):
             if which in sets:
-                load = sets[which].get("load_average")
+                load, beside = sets[which].get("load_average"), sets[which].get("beside")
                 at_end = f" (load average {load[0]:.1f} at its end)" if load else ""
+                at_end = f" ({beside})" if beside else at_end
                 commands.append(f"`{sets[which]['command']}`{at_end}")
     if cnn:
         cells = [_cells(cnn[s]["mean"]) if s in cnn else "not run" for s in ("seed7", "heldout")]
