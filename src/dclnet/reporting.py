@@ -174,8 +174,10 @@ def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
 
 def _ran_on(record: dict[str, Any]) -> str:
     """``"AMD EPYC (AVX2), 1 thread"``: the CPU and thread count of a results record."""
+    from dclnet.bench.results import threads
+
     cpu = f"{record['cpu']} ({record['cpu_capability']})" if "cpu" in record else "CPU not recorded"
-    return f"{cpu}, {record['threads']} thread{'s' * (record['threads'] != 1)}"
+    return f"{cpu}, {threads(record)}"
 
 
 def _cells(mean: dict[str, float]) -> str:

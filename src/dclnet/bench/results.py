@@ -42,16 +42,18 @@ def write_record(
 def where(record: dict[str, Any]) -> str:
     """``"x86_64 CPU, 2 cores (AMD EPYC, AVX2 kernels), torch 2.13.0+cpu, 2 threads"`` for a
     results record (files written before the CPU model was recorded say so)."""
-    threads = record["threads"]
     cpu = (
         f"{record['cpu']}, {record['cpu_capability']} kernels"
         if "cpu" in record
         else "CPU model not recorded"
     )
-    return (
-        f"{record['machine']} ({cpu}), torch {record['torch']}, "
-        f"{threads} thread{'s' * (threads != 1)}"
-    )
+    return f"{record['machine']} ({cpu}), torch {record['torch']}, {threads(record)}"
+
+
+def threads(record: dict[str, Any]) -> str:
+    """``"1 thread"`` / ``"2 threads"``: the torch thread count of a results record."""
+    n = record["threads"]
+    return f"{n} thread{'s' * (n != 1)}"
 
 
 EVAL_HEADER = (
