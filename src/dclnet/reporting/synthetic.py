@@ -1,0 +1,209 @@
+"""Result sections of README.md and docs/synthetic.md: the demo block, the demo-vs-CNN comparison
+and the first-run table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dclnet.reporting.common import load_result, mean_cells, metrics_line, where
+
+
+def _threads_pair(results: Path) -> list[dict[str, Any]]:
+    """The demo recipe on seed 7 with 2 threads and with 1, when both files exist: the same
+    computation summed in another order."""
+    names = ("first_run/recipe-seed7.json", "first_run/s64-1000-seed7.json")
+    found = [results / n for n in names if (results / n).is_file()]
+    return [json.loads(p.read_text()) for p in found] if len(found) == 2 else []
+
+
+def render_demo(record: dict[str, Any], pair: list[dict[str, Any]] | None = None) -> str:
+    """The demo's printed summary, with the command, machine and wall time; with ``pair``
+    (one recipe and set run with two thread counts), how far another summation order moves
+    the numbers."""
+    lines = [
+        "```",
+        "SYNTHETIC data — summary (mean over trials, percent):",
+        metrics_line("raw pixels", record["baseline"]["mean"]),
+        metrics_line("DCLNet", record["dclnet"]["mean"]),
+        "```",
+        "",
+        f"`{record['command']}` on {where(record)}: " + _demo_time(record),
+    ]
+    if pair:
+        a, b = (r["dclnet"]["mean"] for r in pair)
+        threads = [r["threads"] for r in pair]
+        lines += [
+            "",
+            "How far another CPU may move these numbers: another CPU runs other kernels, so "
+            "every sum is added up in another order. The same recipe on synthetic seed 7 "
+            f"printed rank-1 {a['rank1']:.2f} / mAP {a['mAP']:.2f} / mINP "
+            f"{a['mINP']:.2f} with {threads[0]} threads and {b['rank1']:.2f} / {b['mAP']:.2f} "
+            f"/ {b['mINP']:.2f} with {threads[1]} (`{pair[1]['command']}`; on "
+            f"{where(pair[0])} and on {where(pair[1])}): "
+            f"{abs(a['rank1'] - b['rank1']):.1f} rank-1 points and "
+            f"{abs(a['mAP'] - b['mAP']):.1f} mAP points apart"
+            + (
+                " with nothing changed but the thread count."
+                if all("cpu" in r for r in pair)
+                else " (the first run predates recording the CPU model, so the CPU may differ too)."
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def _demo_time(record: dict[str, Any]) -> str:
+    """How long the demo took: the whole command, and the one-time pretraining inside it."""
+    total, pre = record["seconds"], record.get("pretrain_seconds", 0.0)
+    if pre > 0:
+        return (
+            f"**{total / 60:.1f} min for the whole command on an empty cache**, of which "
+            f"{pre / 60:.1f} min the one-time synthetic pretraining (later runs: about "
+            f"{(total - pre) / 60:.1f} min)."
+        )
+    return (
+        f"{total / 60:.1f} min (training, test and the raw-pixel baseline; the "
+        "synthetic-pretrained backbone already cached)."
+    )
+
+
+def render_comparison(demos: list[dict[str, Any]], cnns: list[dict[str, Any]]) -> str:
+    """Demo model vs the small CNN of ``benchmarks/synthetic_gap.py``, one protocol, one set.
+
+    ``demos``: demo runs on one set (the recipe's first, then variants, labelled by their
+    pretraining length); ``cnns``: CNN runs on the same set, the first with the first demo's
+    wall time, then others.
+    """
+    seed = demos[0]["config"]["data"]["synthetic_seed"]
+    lines = [
+        "| model (synthetic seed " + str(seed) + ") | train wall time | rank-1 (%) | mAP (%) "
+        "| mINP (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for demo in demos:
+        d = demo["dclnet"]["mean"]
+        steps = demo["config"]["model"].get("pretrain_steps", 500)
+        lines.append(
+            f"| DCLNet demo recipe (`dclnet demo`), {steps}-step synthetic pretraining | "
+            f"{demo['seconds'] / 60:.1f} min (whole command) | {d['rank1']:.2f} | "
+            f"{d['mAP']:.2f} | {d['mINP']:.2f} |"
+        )
+    for cnn in cnns:
+        c = cnn["mean"]
+        lines.append(
+            f"| small CNN (`benchmarks/synthetic_gap.py --protocol`) | "
+            f"{cnn['train_seconds'] / 60:.1f} min | {c['rank1']:.2f} | {c['mAP']:.2f} | "
+            f"{c['mINP']:.2f} |"
+        )
+
+    def command(r: dict[str, Any]) -> str:
+        if "model" in r.get("config", {}) and "pretrain_steps" not in r["config"]["model"]:
+            # ran before the recipes set pretrain_steps (then 500, the default)
+            return (
+                f"`{r['command']}` (before the recipe's 1500 steps; today add "
+                "`model.pretrain_steps=500`)"
+            )
+        return f"`{r['command']}`"
+
+    commands = ", ".join(command(r) for r in [*demos, *cnns])
+    lines += [
+        "",
+        f"Commands: {commands}; on {where(demos[0])}. All use the SYSU-style all-search, "
+        "single-shot protocol with 10 seeded gallery trials (infrared → visible) on the same "
+        "synthetic test identities.",
+    ]
+    return "\n".join(lines)
+
+
+def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
+    """``"64 × 32, 800 steps, lr 0.002, 512 people, wide look"`` of a run's config."""
+    size = model.get("pretrain_size") or [data["height"], data["width"]]
+    return (
+        f"{size[0]} × {size[1]}, {model.get('pretrain_steps', 500)} steps, lr "
+        f"{model.get('pretrain_lr', 1e-3):g}, {model.get('pretrain_ids', 512)} people, "
+        f"{model.get('pretrain_style', 'default')} look"
+        + (", last stride 2" if model.get("pretrain_last_stride", 1) == 2 else "")
+    )
+
+
+def _ran_on(record: dict[str, Any]) -> str:
+    """``"AMD EPYC (AVX2), 1 thread"``: the CPU and thread count of a results record."""
+    from dclnet.bench.results import threads
+
+    cpu = f"{record['cpu']} ({record['cpu_capability']})" if "cpu" in record else "CPU not recorded"
+    return f"{cpu}, {threads(record)}"
+
+
+def render_first_run(folder: Path) -> str:
+    """The first ``dclnet demo`` on an empty cache per pretraining variant, against the small
+    CNN given that whole time, on synthetic seed 7 and on the held-out look.
+
+    ``folder`` holds ``<variant>-seed7.json`` / ``<variant>-heldout.json``
+    (``scripts/first_run.py``) and ``cnn-seed7.json`` / ``cnn-heldout.json``
+    (``benchmarks/synthetic_gap.py --protocol --json``).
+    """
+    runs: dict[str, dict[str, dict]] = {}
+    for path in sorted(folder.glob("*.json")):
+        name, _, which = path.stem.rpartition("-")
+        runs.setdefault(name, {})[which] = json.loads(path.read_text())
+    cnn = runs.pop("cnn", {})
+    lines = [
+        "| model | synthetic pretraining | whole command | of it pretraining | ran on "
+        "| seed 7: rank-1 / mAP / mINP | held-out look: rank-1 / mAP / mINP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    commands, anchor = [], None
+    for name, sets in runs.items():
+        first = sets.get("seed7") or next(iter(sets.values()))
+        anchor = anchor or first
+        cfg = first["config"]
+        cells = [mean_cells(sets[s]["dclnet"]["mean"]) if s in sets else "not run"
+                 for s in ("seed7", "heldout")]  # fmt: skip
+        pre = first.get("pretrain_seconds", 0)
+        lines.append(
+            f"| DCLNet demo (`{name}`) | {_pretraining(cfg['model'], cfg['data'])} | "
+            f"{first['seconds'] / 60:.1f} min | "
+            + (f"{pre / 60:.1f} min" if pre else "none (backbone cached earlier)")
+            + f" | {_ran_on(first)} | {cells[0]} | {cells[1]} |"
+        )
+        for which in ("seed7", "heldout"):
+            if which in sets:
+                load, beside = sets[which].get("load_average"), sets[which].get("beside")
+                at_end = f" (load average {load[0]:.1f} at its end)" if load else ""
+                at_end = f" ({beside})" if beside else at_end
+                commands.append(f"`{sets[which]['command']}`{at_end}")
+    if cnn:
+        cells = [
+            mean_cells(cnn[s]["mean"]) if s in cnn else "not run" for s in ("seed7", "heldout")
+        ]
+        first = next(iter(cnn.values()))
+        lines.append(
+            f"| small CNN (`benchmarks/synthetic_gap.py --protocol`) | none | "
+            f"{first['train_seconds'] / 60:.1f} min of training | – | {_ran_on(first)} | "
+            f"{cells[0]} | {cells[1]} |"
+        )
+        commands += [f"`{r['command']}`" for r in cnn.values()]
+    if anchor is None:
+        return "Not measured yet: `python scripts/first_run.py` writes `docs/results/first_run/`."
+    lines += [
+        "",
+        f"Commands: {', '.join(commands)}; torch {anchor['torch']}, {anchor['machine']}, the "
+        "CPU model and thread count in each row. A row with a pretraining time "
+        "is a first run (`scripts/first_run.py`: a new, empty cache folder; its held-out-look "
+        "run then loads the backbone its seed-7 run cached); the other rows load a cached "
+        "backbone. Protocol: SYSU-style all-search, single-shot, 10 seeded gallery trials, "
+        "infrared → visible, 20 test identities.",
+    ]
+    return "\n".join(lines)
+
+
+# section name -> its text, rendered from the results folder
+SECTIONS = {
+    "demo": lambda r: render_demo(load_result(r, "demo"), _threads_pair(r)),
+    "comparison": lambda r: render_comparison(
+        [load_result(r, "demo_seed7"), load_result(r, "demo_seed7_500steps")],
+        [load_result(r, "cnn_seed7_241s"), load_result(r, "cnn_seed7")],
+    ),
+    "first-run": lambda r: render_first_run(r / "first_run"),
+}
