@@ -191,4 +191,56 @@ def test_demo_block_measures_the_summation_order_spread():
     two["cpu"] = one["cpu"] = "AMD EPYC"
     two["cpu_capability"] = one["cpu_capability"] = "AVX2"
     assert "apart with nothing changed but the thread count" in render_demo(two, [two, one])
+    one["cpu"] = "Intel(R) Xeon(R) Processor"
+    assert "apart: another CPU and another thread count." in render_demo(two, [two, one])
+    one["threads"] = 2
+    assert "apart: another CPU." in render_demo(two, [two, one])
     assert "summation order" not in render_demo(_demo_record(40.0))
+
+
+def _seeded(record: dict, seed: int) -> dict:
+    return {**record, "config": {**record["config"], "train": {"seed": seed}}}
+
+
+def test_seed_spread_table_and_demo_sentence(tmp_path):
+    """The spread table lists each training seed's run and the mean ± sample std; the
+    verdict holds only when every demo run beats every CNN run; the demo block gives the
+    range of the seeds and whether a two-CPU pair differs by less than it."""
+    import json
+    import statistics
+
+    from dclnet.reporting.synthetic import render_spread
+
+    first, spread = tmp_path / "first_run", tmp_path / "spread"
+    first.mkdir()
+    spread.mkdir()
+    assert "Not measured yet" in render_spread(first, spread)
+    demo = {0: 30.0, 1: 28.0, 2: 33.0}
+    cnn = {0: 27.0, 1: 29.0}
+    (first / "recipe-seed7.json").write_text(json.dumps(_seeded(_demo_record(demo[0]), 0)))
+    for seed in (1, 2):
+        path = spread / f"demo-seed7-train{seed}.json"
+        path.write_text(json.dumps(_seeded(_demo_record(demo[seed]), seed)))
+    for seed, rank1 in cnn.items():
+        record = {**_demo_record(0), "mean": {"rank1": rank1, "mAP": 1.0, "mINP": 0.5},
+                  "train_seconds": 450.0, "train_seed": seed, "command": f"cnn {seed}"}  # fmt: skip
+        name = "cnn-seed7.json" if seed == 0 else f"spread/cnn-seed7-train{seed}.json"
+        (first / name if seed == 0 else tmp_path / name).write_text(json.dumps(record))
+    table = render_spread(first, spread)
+    row = next(x for x in table.splitlines() if x.startswith("| DCLNet demo recipe"))
+    sd = statistics.stdev(demo.values())
+    assert f"| 0, 1, 2 | 30.00, 28.00, 33.00 (mean 30.33 ± {sd:.2f}) |" in row
+    cnn_row = next(x for x in table.splitlines() if x.startswith("| small CNN"))
+    assert "7.5 min of training | seed 7, default look | 0, 1 | 27.00, 29.00" in cnn_row
+    # 28 (the demo's lowest) is below 29 (the CNN's highest): rank-1 is not won
+    assert "every demo run is above every CNN run on mAP, mINP (3 demo runs, 2 CNN" in table
+    # the demo block's sentence: range 28-33, and a pair 1.5 apart is inside it
+    from dclnet.reporting import render_demo
+
+    seeds = [_seeded(_demo_record(v), k) for k, v in demo.items()]
+    pair = [_demo_record(31.0), {**_demo_record(29.5), "threads": 1}]
+    block = render_demo(_demo_record(40.0), pair, seeds)
+    assert "training seeds 0, 1, 2 of the recipe" in block and "rank-1 28.00–33.00" in block
+    assert "the two runs above differ by less than the seeds do." in block
+    pair[1]["dclnet"] = {"mean": {"rank1": 20.0, "mAP": 2.0, "mINP": 1.0}}
+    assert "differ by more than the seeds do." in render_demo(_demo_record(40.0), pair, seeds)

@@ -11,17 +11,33 @@ from dclnet.reporting.common import load_result, mean_cells, metrics_line, where
 
 
 def _threads_pair(results: Path) -> list[dict[str, Any]]:
-    """The demo recipe on seed 7 with 2 threads and with 1, when both files exist: the same
-    computation summed in another order."""
+    """The demo recipe on seed 7 run twice, on two machines or thread counts, when both files
+    exist: the same computation summed in another order."""
     names = ("first_run/recipe-seed7.json", "first_run/s64-1000-seed7.json")
     found = [results / n for n in names if (results / n).is_file()]
     return [json.loads(p.read_text()) for p in found] if len(found) == 2 else []
 
 
-def render_demo(record: dict[str, Any], pair: list[dict[str, Any]] | None = None) -> str:
+def _what_changed(pair: list[dict[str, Any]]) -> str:
+    """How the two runs of ``pair`` differ: the CPU, the thread count or both."""
+    if not all("cpu" in r for r in pair):
+        return " (the first run predates recording the CPU model, so the CPU may differ too)."
+    other_cpu = pair[0]["cpu"] != pair[1]["cpu"]
+    other_threads = pair[0]["threads"] != pair[1]["threads"]
+    if other_cpu:
+        return ": another CPU" + (" and another thread count." if other_threads else ".")
+    return " with nothing changed but the thread count."
+
+
+def render_demo(
+    record: dict[str, Any],
+    pair: list[dict[str, Any]] | None = None,
+    seeds: list[dict[str, Any]] | None = None,
+) -> str:
     """The demo's printed summary, with the command, machine and wall time; with ``pair``
-    (one recipe and set run with two thread counts), how far another summation order moves
-    the numbers."""
+    (one recipe and set run on two CPUs or thread counts), how far another summation order
+    moved the numbers; with ``seeds`` (the recipe on one set with several training seeds, one
+    machine), the range they spanned."""
     lines = [
         "```",
         "SYNTHETIC data — summary (mean over trials, percent):",
@@ -43,13 +59,29 @@ def render_demo(record: dict[str, Any], pair: list[dict[str, Any]] | None = None
             f"/ {b['mINP']:.2f} with {threads[1]} (`{pair[1]['command']}`; on "
             f"{where(pair[0])} and on {where(pair[1])}): "
             f"{abs(a['rank1'] - b['rank1']):.1f} rank-1 points and "
-            f"{abs(a['mAP'] - b['mAP']):.1f} mAP points apart"
-            + (
-                " with nothing changed but the thread count."
-                if all("cpu" in r for r in pair)
-                else " (the first run predates recording the CPU model, so the CPU may differ too)."
-            ),
+            f"{abs(a['mAP'] - b['mAP']):.1f} mAP points apart" + _what_changed(pair),
         ]
+    if seeds and len(seeds) > 1:
+        means = [r["dclnet"]["mean"] for r in seeds]
+        order = ", ".join(str(r["config"]["train"]["seed"]) for r in seeds)
+        lo = {k: min(m[k] for m in means) for k in ("rank1", "mAP")}
+        hi = {k: max(m[k] for m in means) for k in ("rank1", "mAP")}
+        text = (
+            f"For scale, training seeds {order} of the recipe on synthetic seed 7, on one "
+            f"machine, printed rank-1 {lo['rank1']:.2f}–{hi['rank1']:.2f} and mAP "
+            f"{lo['mAP']:.2f}–{hi['mAP']:.2f} (the seed-spread table of docs/synthetic.md)"
+        )
+        if pair:
+            a, b = (r["dclnet"]["mean"] for r in pair)
+            inside = all(abs(a[k] - b[k]) <= hi[k] - lo[k] for k in ("rank1", "mAP"))
+            text += (
+                ": the two runs above differ by less than the seeds do."
+                if inside
+                else ": the two runs above differ by more than the seeds do."
+            )
+        else:
+            text += "."
+        lines += ["", text]
     return "\n".join(lines)
 
 
@@ -198,12 +230,111 @@ def render_first_run(folder: Path) -> str:
     return "\n".join(lines)
 
 
+SPREAD_SETS = {"seed7": "seed 7, default look", "heldout": "seed 7, held-out look"}
+
+
+def spread_runs(first_run: Path, spread: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``{kind: {set: [records by training seed]}}`` for kind ``demo`` / ``cnn``: training
+    seed 0 from the first-run table's files (``recipe-<set>.json``, ``cnn-<set>.json``), the
+    others from ``spread/<kind>-<set>-train<N>.json`` (``scripts/seed_spread.py``)."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"demo": {}, "cnn": {}}
+    for kind, first in (("demo", "recipe"), ("cnn", "cnn")):
+        for which in SPREAD_SETS:
+            found = []
+            if (first_run / f"{first}-{which}.json").is_file():
+                found.append((0, json.loads((first_run / f"{first}-{which}.json").read_text())))
+            for path in spread.glob(f"{kind}-{which}-train*.json"):
+                found.append((int(path.stem.rpartition("train")[2]), json.loads(path.read_text())))
+            if found:
+                runs[kind][which] = [r for _, r in sorted(found, key=lambda x: x[0])]
+    return runs
+
+
+def _seed_of(kind: str, record: dict[str, Any]) -> int:
+    return record["config"]["train"]["seed"] if kind == "demo" else record.get("train_seed", 0)
+
+
+def _spread_cell(means: list[float]) -> str:
+    import statistics
+
+    values = ", ".join(f"{m:.2f}" for m in means)
+    if len(means) < 2:
+        return values
+    return f"{values} (mean {statistics.mean(means):.2f} ± {statistics.stdev(means):.2f})"
+
+
+def render_spread(first_run: Path, spread: Path) -> str:
+    """The demo recipe and the small CNN (given the demo's first-run time) over training
+    seeds, on synthetic seed 7 in the default and the held-out look; then, per look, whether
+    every demo run is above every CNN run."""
+    runs = spread_runs(first_run, spread)
+    if not runs["demo"] or not runs["cnn"]:
+        return (
+            "Not measured yet: `python scripts/first_run.py --variants recipe`, the small CNN "
+            "runs of the first-run table and `python scripts/seed_spread.py` write it."
+        )
+    lines = [
+        "| model | synthetic set | training seeds | rank-1 | mAP | mINP |",
+        "|---|---|---|---|---|---|",
+    ]
+    commands, verdicts = [], []
+    for kind, label in (("demo", "DCLNet demo recipe"), ("cnn", "small CNN")):
+        for which, set_label in SPREAD_SETS.items():
+            records = runs[kind].get(which, [])
+            if not records:
+                continue
+            means = [r["dclnet"]["mean"] if kind == "demo" else r["mean"] for r in records]
+            if kind == "cnn":
+                label = f"small CNN, {records[0]['train_seconds'] / 60:.1f} min of training"
+            seeds = ", ".join(str(_seed_of(kind, r)) for r in records)
+            lines.append(
+                f"| {label} | {set_label} | {seeds} | "
+                + " | ".join(_spread_cell([m[k] for m in means]) for k in ("rank1", "mAP", "mINP"))
+                + " |"
+            )
+            for r in records:
+                load = r.get("load_average")
+                commands.append(
+                    f"`{r['command']}`"
+                    + (f" (load average {load[0]:.1f} at its end)" if load else "")
+                )
+    for which, set_label in SPREAD_SETS.items():
+        demo, cnn = runs["demo"].get(which), runs["cnn"].get(which)
+        if not demo or not cnn:
+            continue
+        above = [
+            name
+            for name, k in (("rank-1", "rank1"), ("mAP", "mAP"), ("mINP", "mINP"))
+            if min(r["dclnet"]["mean"][k] for r in demo) > max(r["mean"][k] for r in cnn)
+        ]
+        verdicts.append(
+            f"{set_label}: every demo run is above every CNN run on "
+            + (", ".join(above) if above else "no metric")
+            + f" ({len(demo)} demo runs, {len(cnn)} CNN runs)"
+        )
+    lines += [
+        "",
+        "; ".join(verdicts) + ".",
+        "",
+        f"Commands: {', '.join(commands)}; on {where(next(iter(runs['demo'].values()))[0])}. "
+        "Training seed 0 is the first-run table's pair (the demo's first run, then its "
+        "held-out run on the cached backbone); the other demo runs load the same cached "
+        "backbone, whose pretraining is seeded apart from the training seed.",
+    ]
+    return "\n".join(lines)
+
+
 # section name -> its text, rendered from the results folder
 SECTIONS = {
-    "demo": lambda r: render_demo(load_result(r, "demo"), _threads_pair(r)),
+    "demo": lambda r: render_demo(
+        load_result(r, "demo"),
+        _threads_pair(r),
+        spread_runs(r / "first_run", r / "spread")["demo"].get("seed7"),
+    ),
     "comparison": lambda r: render_comparison(
         [load_result(r, "demo_seed7"), load_result(r, "demo_seed7_500steps")],
         [load_result(r, "cnn_seed7_241s"), load_result(r, "cnn_seed7")],
     ),
     "first-run": lambda r: render_first_run(r / "first_run"),
+    "spread": lambda r: render_spread(r / "first_run", r / "spread"),
 }
