@@ -157,6 +157,31 @@ def _search_table(results: Path) -> str:
     )
 
 
+def render_bench_pretrain(record: dict[str, Any]) -> str:
+    """``benchmarks/bench_pretrain.py``'s table: seconds per pretraining step by size, last
+    stride and layout, and the population's rendering time per look."""
+    lines = [
+        "| input | layer4 stride | layout | s / step (64 images) "
+        "| render 512 people: default / wide look |",
+        "|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        render = r["render_seconds"]
+        lines.append(
+            f"| {r['size'][0]} × {r['size'][1]} | {r['last_stride']} | {r['layout']} | "
+            f"{r['step_seconds']:.3f} | {render['default']:.1f} s / {render['wide']:.1f} s |"
+        )
+    load = record.get("load_average")
+    lines += [
+        "",
+        f"`{record['command']}` on {where(record)}"
+        + (f", load average {load[0]} at its end" if load else "")
+        + ". Median of the timed steps after 3 warm-up steps, random images, ResNet-18 with the "
+        "pretraining's GeM and 512-way classifier, Adam.",
+    ]
+    return "\n".join(lines)
+
+
 # section name -> its text, rendered from the results folder
 SECTIONS = {
     "bench-eval": lambda r: render_bench_eval(load_result(r, "bench_eval")),
@@ -166,6 +191,12 @@ SECTIONS = {
     "bench-real": _bench_real,
     "bench-gpu": lambda r: or_not_run(
         r, "bench_gpu_real", render_bench_report, "bash scripts/gpu_check.sh"
+    ),
+    "bench-pretrain": lambda r: or_not_run(
+        r,
+        "bench_pretrain",
+        render_bench_pretrain,
+        "python benchmarks/bench_pretrain.py --json docs/results/bench_pretrain.json",
     ),
     "bench-search": _search_table,
     "bench-serve": _serve_table,
