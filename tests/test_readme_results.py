@@ -232,8 +232,9 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     assert f"| 0, 1, 2 | 30.00, 28.00, 33.00 (mean 30.33 ± {sd:.2f}) |" in row
     cnn_row = next(x for x in table.splitlines() if x.startswith("| small CNN"))
     assert "7.5 min of training | seed 7, default look | 0, 1 | 27.00, 29.00" in cnn_row
-    # 28 (the demo's lowest) is below 29 (the CNN's highest): rank-1 is not won
-    assert "every demo run is above every CNN run on mAP, mINP (3 demo runs, 2 CNN" in table
+    # 28 (the demo's lowest) is below 29 (the CNN's highest): rank-1 overlaps
+    verdict = "seed 7, default look (3 demo runs, 2 CNN runs): every demo run above every "
+    assert verdict + "CNN run on mAP, mINP; the runs overlap on rank-1." in table
     # the demo block's sentence: range 28-33, and a pair 1.5 apart is inside it
     from dclnet.reporting import render_demo
 
@@ -244,3 +245,40 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     assert "the two runs above differ by less than the seeds do." in block
     pair[1]["dclnet"] = {"mean": {"rank1": 20.0, "mAP": 2.0, "mINP": 1.0}}
     assert "differ by more than the seeds do." in render_demo(_demo_record(40.0), pair, seeds)
+
+
+def test_budget_table_orders_demo_by_epochs_then_cnn_by_time(tmp_path):
+    import json
+
+    from dclnet.reporting.synthetic import render_budget
+
+    first, budget = tmp_path / "first_run", tmp_path / "budget"
+    first.mkdir()
+    budget.mkdir()
+    assert "Not measured yet" in render_budget(first, budget)
+
+    def demo(epochs: int, pre: float) -> dict:
+        record = _seeded(_demo_record(30.0 + epochs), 0)
+        record["config"]["optim"] = {"epochs": epochs}
+        return {**record, "pretrain_seconds": pre, "command": f"demo {epochs}"}
+
+    def cnn(seconds: float) -> dict:
+        mean = {"rank1": seconds / 10, "mAP": 1.0, "mINP": 0.5}
+        record = {k: v for k, v in _demo_record(0).items() if k not in ("dclnet", "baseline")}
+        return {**record, "mean": mean, "train_seconds": seconds, "command": "cnn"}
+
+    (first / "recipe-seed7.json").write_text(json.dumps(demo(10, 240.0)))
+    (first / "cnn-seed7.json").write_text(json.dumps(cnn(480.0)))
+    (budget / "a.json").write_text(json.dumps(cnn(240.0)))
+    (budget / "b.json").write_text(json.dumps(demo(20, 0.0)))
+    rows = [x for x in render_budget(first, budget).splitlines() if x.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| DCLNet demo recipe, 10 epochs",
+        "| DCLNet demo recipe, 20 epochs",
+        "| small CNN",
+        "| small CNN",
+    ]
+    assert "1.0 min, of it 4.0 min pretraining | 40.00 / 2.00 / 1.00 |" in rows[0]
+    assert "backbone cached (a first run adds its pretraining)" in rows[1]
+    assert rows[2].endswith("| 4.0 min of training | 24.00 / 1.00 / 0.50 |")
+    assert rows[3].endswith("| 8.0 min of training | 48.00 / 1.00 / 0.50 |")

@@ -263,6 +263,10 @@ def _spread_cell(means: list[float]) -> str:
     return f"{values} (mean {statistics.mean(means):.2f} ± {statistics.stdev(means):.2f})"
 
 
+def _runs(n: int, kind: str) -> str:
+    return f"{n} {kind} run" + ("s" if n != 1 else "")
+
+
 def render_spread(first_run: Path, spread: Path) -> str:
     """The demo recipe and the small CNN (given the demo's first-run time) over training
     seeds, on synthetic seed 7 in the default and the held-out look; then, per look, whether
@@ -302,24 +306,73 @@ def render_spread(first_run: Path, spread: Path) -> str:
         demo, cnn = runs["demo"].get(which), runs["cnn"].get(which)
         if not demo or not cnn:
             continue
-        above = [
-            name
-            for name, k in (("rank-1", "rank1"), ("mAP", "mAP"), ("mINP", "mINP"))
-            if min(r["dclnet"]["mean"][k] for r in demo) > max(r["mean"][k] for r in cnn)
+        metrics = (("rank-1", "rank1"), ("mAP", "mAP"), ("mINP", "mINP"))
+        d = {k: [r["dclnet"]["mean"][k] for r in demo] for _, k in metrics}
+        c = {k: [r["mean"][k] for r in cnn] for _, k in metrics}
+        demo_ahead = [n for n, k in metrics if min(d[k]) > max(c[k])]
+        cnn_ahead = [n for n, k in metrics if min(c[k]) > max(d[k])]
+        overlap = [n for n, _ in metrics if n not in demo_ahead + cnn_ahead]
+        parts = [
+            f"every demo run above every CNN run on {', '.join(demo_ahead)}" if demo_ahead else "",
+            f"every CNN run above every demo run on {', '.join(cnn_ahead)}" if cnn_ahead else "",
+            f"the runs overlap on {', '.join(overlap)}" if overlap else "",
         ]
-        verdicts.append(
-            f"{set_label}: every demo run is above every CNN run on "
-            + (", ".join(above) if above else "no metric")
-            + f" ({len(demo)} demo runs, {len(cnn)} CNN runs)"
-        )
+        runs_of = f"{_runs(len(demo), 'demo')}, {_runs(len(cnn), 'CNN')}"
+        verdicts.append(f"{set_label} ({runs_of}): " + "; ".join(p for p in parts if p))
     lines += [
         "",
-        "; ".join(verdicts) + ".",
+        *(f"- {v}." for v in verdicts),
         "",
         f"Commands: {', '.join(commands)}; on {where(next(iter(runs['demo'].values()))[0])}. "
         "Training seed 0 is the first-run table's pair (the demo's first run, then its "
-        "held-out run on the cached backbone); the other demo runs load the same cached "
-        "backbone, whose pretraining is seeded apart from the training seed.",
+        "held-out run on the cached backbone); the other demo runs use the same recipe's "
+        "backbone, cached or pretrained by the first of them (its pretraining has its own "
+        "fixed seed, apart from the training seed).",
+    ]
+    return "\n".join(lines)
+
+
+def _budget_row(record: dict[str, Any]) -> str:
+    """One row of the time-budget table: the demo (epochs, first run or cached backbone) or
+    the small CNN (its training budget)."""
+    if "dclnet" in record:
+        epochs = record["config"]["optim"]["epochs"]
+        pre = record.get("pretrain_seconds", 0)
+        time = f"{record['seconds'] / 60:.1f} min, " + (
+            f"of it {pre / 60:.1f} min pretraining"
+            if pre
+            else "backbone cached (a first run adds its pretraining)"
+        )
+        name, mean = f"DCLNet demo recipe, {epochs} epochs", record["dclnet"]["mean"]
+    else:
+        time = f"{record['train_seconds'] / 60:.1f} min of training"
+        name, mean = "small CNN", record["mean"]
+    return f"| {name} | `{record['command']}` | {time} | {mean_cells(mean)} |"
+
+
+def render_budget(first_run: Path, budget: Path) -> str:
+    """What more time buys on synthetic seed 7: the first-run table's recipe and CNN runs
+    with the demo at other epoch counts and the CNN at other budgets (``budget/*.json``)."""
+    paths = [first_run / "recipe-seed7.json", first_run / "cnn-seed7.json"]
+    paths += sorted(budget.glob("*.json"))
+    records = [json.loads(p.read_text()) for p in paths if p.is_file()]
+    if len(records) < 2:
+        return "Not measured yet: the first-run table's files and `docs/results/budget/`."
+    records.sort(
+        key=lambda r: (
+            (0, r["config"]["optim"]["epochs"]) if "dclnet" in r else (1, r["train_seconds"])
+        )
+    )
+    lines = [
+        "| model | command | time | seed 7: rank-1 / mAP / mINP |",
+        "|---|---|---|---|",
+        *(_budget_row(r) for r in records),
+        "",
+        f"On {where(records[0])}; the demo's time is its whole command, the CNN's its "
+        "training (its data rendering and test not counted). Load average at the end, where "
+        "recorded: "
+        + ", ".join(f"{r['load_average'][0]:.1f}" for r in records if "load_average" in r)
+        + ".",
     ]
     return "\n".join(lines)
 
@@ -337,4 +390,5 @@ SECTIONS = {
     ),
     "first-run": lambda r: render_first_run(r / "first_run"),
     "spread": lambda r: render_spread(r / "first_run", r / "spread"),
+    "budget": lambda r: render_budget(r / "first_run", r / "budget"),
 }
