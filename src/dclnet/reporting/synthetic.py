@@ -69,7 +69,8 @@ def render_demo(
         text = (
             f"For scale, training seeds {order} of the recipe on synthetic seed 7, on one "
             f"machine, printed rank-1 {lo['rank1']:.2f}–{hi['rank1']:.2f} and mAP "
-            f"{lo['mAP']:.2f}–{hi['mAP']:.2f} (the seed-spread table of docs/synthetic.md)"
+            f"{lo['mAP']:.2f}–{hi['mAP']:.2f} (the training-seed table of "
+            "[docs/synthetic.md](docs/synthetic.md#over-training-seeds))"
         )
         if pair:
             a, b = (r["dclnet"]["mean"] for r in pair)
