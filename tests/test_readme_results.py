@@ -247,7 +247,7 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     assert "differ by more than the seeds do." in render_demo(_demo_record(40.0), pair, seeds)
 
 
-def test_budget_table_orders_demo_by_epochs_then_cnn_by_time(tmp_path):
+def test_budget_table_lists_the_recipe_then_its_changes_then_the_cnn_by_time(tmp_path):
     import json
 
     from dclnet.reporting.synthetic import render_budget
@@ -260,7 +260,9 @@ def test_budget_table_orders_demo_by_epochs_then_cnn_by_time(tmp_path):
     def demo(epochs: int, pre: float) -> dict:
         record = _seeded(_demo_record(30.0 + epochs), 0)
         record["config"]["optim"] = {"epochs": epochs}
-        return {**record, "pretrain_seconds": pre, "command": f"demo {epochs}"}
+        extra = "" if epochs == 10 else f" optim.epochs={epochs}"
+        command = "dclnet demo data.synthetic_seed=7" + extra
+        return {**record, "pretrain_seconds": pre, "command": command}
 
     def cnn(seconds: float) -> dict:
         mean = {"rank1": seconds / 10, "mAP": 1.0, "mINP": 0.5}
@@ -272,11 +274,11 @@ def test_budget_table_orders_demo_by_epochs_then_cnn_by_time(tmp_path):
     (budget / "a.json").write_text(json.dumps(cnn(240.0)))
     (budget / "b.json").write_text(json.dumps(demo(20, 0.0)))
     rows = [x for x in render_budget(first, budget).splitlines() if x.startswith("| ")][1:]
-    assert [r.split(" | ")[0] for r in rows] == [
-        "| DCLNet demo recipe, 10 epochs",
-        "| DCLNet demo recipe, 20 epochs",
-        "| small CNN",
-        "| small CNN",
+    assert [r.split(" | ")[:2] for r in rows] == [
+        ["| DCLNet demo", "none"],
+        ["| DCLNet demo", "`optim.epochs=20`"],
+        ["| small CNN", "–"],
+        ["| small CNN", "–"],
     ]
     assert "1.0 min, of it 4.0 min pretraining | 40.00 / 2.00 / 1.00 |" in rows[0]
     assert "backbone cached (a first run adds its pretraining)" in rows[1]
