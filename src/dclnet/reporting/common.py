@@ -13,6 +13,7 @@ __all__ = ["fenced", "load_result", "mean_cells", "metrics_line", "or_not_run", 
 
 
 def metrics_line(name: str, mean: dict[str, float]) -> str:
+    """One line of the demo's printed summary: ``name`` and its rank-1 / mAP / mINP."""
     return (
         f"  {name:<11} rank-1 {mean['rank1']:6.2f}   mAP {mean['mAP']:6.2f}   "
         f"mINP {mean['mINP']:6.2f}"
@@ -20,14 +21,17 @@ def metrics_line(name: str, mean: dict[str, float]) -> str:
 
 
 def fenced(text: str) -> str:
+    """``text`` as a Markdown code block."""
     return f"```\n{text}\n```"
 
 
 def load_result(results: Path, name: str) -> dict[str, Any]:
+    """The results file ``results/NAME.json``."""
     return json.loads((results / f"{name}.json").read_text())
 
 
 def mean_cells(mean: dict[str, float]) -> str:
+    """``"rank-1 / mAP / mINP"`` of a protocol mean, two decimals each."""
     return f"{mean['rank1']:.2f} / {mean['mAP']:.2f} / {mean['mINP']:.2f}"
 
 

@@ -1,5 +1,5 @@
-"""Result sections of README.md and docs/synthetic.md: the demo block, the demo-vs-CNN comparison
-and the first-run table."""
+"""Result sections of README.md and docs/synthetic.md: the demo block, the demo-vs-CNN comparison,
+the first-run table, the training-seed table and the one-change-at-a-time table."""
 
 from __future__ import annotations
 
