@@ -62,6 +62,8 @@ for _steps, _style, _stride in [(1000, "default", 1), (1000, "wide", 1), (1000, 
         f"model.pretrain_style={_style}",
         *([f"model.pretrain_last_stride={_stride}"] if _stride != 1 else []),
     ]
+# the recipe with another pretraining seed (its initialisation, batches, augmentation)
+VARIANTS["recipe-ps1"] = ["model.pretrain_seed=1"]
 SETS = {"seed7": ["data.synthetic_seed=7"], "heldout": ["data.synthetic_seed=7",
         "data.synthetic_style=heldout"]}  # fmt: skip
 _TOOK = re.compile(r"synthetic pretraining took (\d+) s")

@@ -356,3 +356,34 @@ def test_last_stride_2_pretraining_is_its_own_file_and_serves_a_last_stride_1_ru
     torch.testing.assert_close(net.shared.layer4[0].conv1.weight, state["layer4.0.conv1.weight"])
     with torch.no_grad():  # 96 x 48 at output stride 16: a 6 x 3 final map
         assert net.shared(net.infrared(torch.zeros(2, 3, 96, 48))).shape[-2:] == (6, 3)
+
+
+def test_pretrain_seed_is_the_cache_key_and_changes_only_the_training_draws(tmp_path):
+    from dclnet.config import load_config
+    from dclnet.engine import build
+    from dclnet.errors import ConfigError
+
+    plain = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800)
+    assert pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, seed=0) == plain
+    seeded = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, seed=3)
+    assert seeded.name == "synthetic-resnet18-64x32-s32-512ids-800steps-seed3-v1.pt"
+
+    def weights(seed: int) -> dict:
+        return synthetic_pretrain.pretrain_backbone(
+            "resnet18", (32, 16), ids=6, steps=2, seed=seed, progress=False
+        )
+
+    default, zero, other = (
+        synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), ids=6, steps=2, progress=False),
+        weights(0),
+        weights(1),
+    )
+    key = "layer1.0.conv1.weight"
+    torch.testing.assert_close(default[key], zero[key], rtol=0, atol=0)  # 0 is the old recipe
+    assert not torch.equal(default[key], other[key])  # another init and other batches
+
+    cfg = load_config(None, ["model.pretrained=null", "model.pretrain_seed=1"])
+    with pytest.raises(ConfigError, match=r"model.pretrain_seed=1 applies only to model.pre"):
+        build.check_weights(cfg)
+    with pytest.raises(ConfigError, match="model.pretrain_seed"):
+        load_config(None, ["model.pretrain_seed=-1"])

@@ -87,6 +87,7 @@ class ModelConfig:
     pretrain_style: str = "default"  # pretrained=synthetic: that population's look
     pretrain_lr: float = 1e-3  # pretrained=synthetic: Adam's peak learning rate
     pretrain_last_stride: int = 1  # pretrained=synthetic: layer4's stride while pretraining
+    pretrain_seed: int = 0  # pretrained=synthetic: seed of its init, batches and augmentation
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,7 @@ _RANGES: dict[str, tuple] = {
     "model.pretrain_size": (16, None),
     "model.pretrain_ids": (3, None),
     "model.pretrain_lr": (0, None, "open-low"),
+    "model.pretrain_seed": (0, None),
     "loss.id": (0, None),
     "loss.metric": (0, None),
     "loss.part_id": (0, None),

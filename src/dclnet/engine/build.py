@@ -99,6 +99,7 @@ def pretrained_weights(cfg: Config) -> str | Path | None:
         style=m.pretrain_style,
         lr=m.pretrain_lr,
         last_stride=m.pretrain_last_stride,
+        seed=m.pretrain_seed,
     )
 
 
@@ -128,6 +129,7 @@ def check_weights(cfg: Config) -> None:
         ("pretrain_size", m.pretrain_size and list(m.pretrain_size), None),
         ("pretrain_style", m.pretrain_style, "default"),
         ("pretrain_last_stride", m.pretrain_last_stride, 1),
+        ("pretrain_seed", m.pretrain_seed, 0),
     ):
         if value != default:
             raise ConfigError(

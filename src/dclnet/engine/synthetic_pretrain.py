@@ -67,6 +67,7 @@ def pretrained_path(
     style: str = "default",
     lr: float = DEFAULT_LR,
     last_stride: int = 1,
+    seed: int = 0,
 ) -> Path:
     """Cache file of one pretraining recipe (a setting at its default adds nothing to the
     name, so files written before the setting existed keep their names)."""
@@ -77,6 +78,7 @@ def pretrained_path(
     parsed += f"-{style}" if style != "default" else ""
     parsed += f"-lr{lr:g}" if lr != DEFAULT_LR else ""
     parsed += f"-ls{last_stride}" if last_stride != 1 else ""
+    parsed += f"-seed{seed}" if seed else ""
     name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}{parsed}"
     return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
 
@@ -295,6 +297,7 @@ def pretrain_backbone(
     local: float = 0.0,
     style: str = "default",
     last_stride: int = 1,
+    seed: int = 0,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Train a ResNet to classify the people of a separate synthetic population, rendered in
@@ -310,7 +313,9 @@ def pretrain_backbone(
     counted as background). ``last_stride`` 2 pretrains with layer4 at stride 2, as
     ImageNet classifiers are trained (layer4 then costs a quarter; benchmarks/bench_pretrain.py
     times a whole step); the run
-    then uses the weights with its own last stride, as it does ImageNet's.
+    then uses the weights with its own last stride, as it does ImageNet's. ``seed`` changes
+    the initialisation, the batches and the augmentation draws, never the population (0:
+    the original recipe's draws).
 
     Returns:
         The backbone's state dict with torchvision key names (``fc.*`` dropped).
@@ -333,9 +338,9 @@ def pretrain_backbone(
     infrared = np.array([r.modality == INFRARED for r in syn.records])[keep]
     maps = bool(parts or local)
     part_maps = syn.parts[keep] if maps else None
-    torch.manual_seed(PRETRAIN_SEED)
-    rng = np.random.default_rng(PRETRAIN_SEED)
-    gen = torch.Generator().manual_seed(PRETRAIN_SEED)
+    torch.manual_seed(PRETRAIN_SEED + seed)
+    rng = np.random.default_rng(PRETRAIN_SEED + seed)
+    gen = torch.Generator().manual_seed(PRETRAIN_SEED + seed)
     num_parts = len(PART_NAMES) if parts else 0
     model = _Classifier(
         arch, layer3_stride, len(syn.train_ids), num_parts, bool(local), last_stride
@@ -409,6 +414,7 @@ def synthetic_backbone(
     style: str = "default",
     lr: float = DEFAULT_LR,
     last_stride: int = 1,
+    seed: int = 0,
     progress: bool = True,
 ) -> Path:
     """Path of the cached synthetic-pretrained backbone; trains and caches it when missing.
@@ -418,7 +424,7 @@ def synthetic_backbone(
     """
     path = pretrained_path(
         cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local, style, lr,
-        last_stride,
+        last_stride, seed,
     )  # fmt: skip
     if path.is_file():
         return path
@@ -444,6 +450,7 @@ def synthetic_backbone(
         style=style,
         lr=lr,
         last_stride=last_stride,
+        seed=seed,
         progress=progress,
     )
     with atomic_write(path, "wb") as fh:

@@ -157,6 +157,7 @@ def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
         f"{model.get('pretrain_lr', 1e-3):g}, {model.get('pretrain_ids', 512)} people, "
         f"{model.get('pretrain_style', 'default')} look"
         + (", last stride 2" if model.get("pretrain_last_stride", 1) == 2 else "")
+        + (f", pretraining seed {model['pretrain_seed']}" if model.get("pretrain_seed") else "")
     )
 
 
