@@ -64,6 +64,9 @@ for _steps, _style, _stride in [(1000, "default", 1), (1000, "wide", 1), (1000, 
     ]
 # the recipe with another pretraining seed (its initialisation, batches, augmentation)
 VARIANTS["recipe-ps1"] = ["model.pretrain_seed=1"]
+# the recipe with a pretraining population twice as large (same steps: more people, fewer
+# views of each)
+VARIANTS["recipe-1024ids"] = ["model.pretrain_ids=1024"]
 SETS = {"seed7": ["data.synthetic_seed=7"], "heldout": ["data.synthetic_seed=7",
         "data.synthetic_style=heldout"]}  # fmt: skip
 _TOOK = re.compile(r"synthetic pretraining took (\d+) s")

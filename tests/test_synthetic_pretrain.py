@@ -77,10 +77,10 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     def fake(
         arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local, style, lr,
-        last_stride,
+        last_stride, seed,
     ):  # fmt: skip
         calls.append((arch, size, cache, layer3_stride, ids, steps, shift, parts, local))
-        assert (style, lr, last_stride) == ("heldout", 3e-3, 1)
+        assert (style, lr, last_stride, seed) == ("heldout", 3e-3, 1, 4)
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
@@ -89,7 +89,7 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
                              "model.layer3_stride=1", "model.pretrain_shift=5",
                              "model.pretrain_parts=0.5", "model.pretrain_steps=7",
                              "model.pretrain_local=2", "model.pretrain_style=heldout",
-                             "model.pretrain_lr=3e-3"])  # fmt: skip
+                             "model.pretrain_lr=3e-3", "model.pretrain_seed=4"])  # fmt: skip
     assert build.pretrained_weights(cfg) == tmp_path / "weights.pt"
     assert calls == [("resnet18", (64, 32), tmp_path, 1, 512, 7, 5, 0.5, 2.0)]
     assert build.pretrained_weights(load_config(None, ["model.pretrained=null"])) is None
