@@ -271,8 +271,8 @@ def _runs(n: int, kind: str) -> str:
 
 def render_spread(first_run: Path, spread: Path) -> str:
     """The demo recipe and the small CNN (given the demo's first-run time) over training
-    seeds, on synthetic seed 7 in the default and the held-out look; then, per look, whether
-    every demo run is above every CNN run."""
+    seeds, on synthetic seed 7 in the default and the held-out look; then, per look and
+    metric, whether every demo run is above every CNN run, the other way round, or neither."""
     runs = spread_runs(first_run, spread)
     if not runs["demo"] or not runs["cnn"]:
         return (
@@ -321,11 +321,13 @@ def render_spread(first_run: Path, spread: Path) -> str:
         ]
         runs_of = f"{_runs(len(demo), 'demo')}, {_runs(len(cnn), 'CNN')}"
         verdicts.append(f"{set_label} ({runs_of}): " + "; ".join(p for p in parts if p))
+    everything = [r for sets in runs.values() for records in sets.values() for r in records]
+    machines = sorted({where(r) for r in everything})  # one machine, unless files were mixed
     lines += [
         "",
         *(f"- {v}." for v in verdicts),
         "",
-        f"Commands: {', '.join(commands)}; on {where(next(iter(runs['demo'].values()))[0])}. "
+        f"Commands: {', '.join(commands)}; on {' and on '.join(machines)}. "
         "Training seed 0 is the first-run table's pair (the demo's first run, then its "
         "held-out run on the cached backbone); the other demo runs use the same recipe's "
         "backbone, cached or pretrained by the first of them (its pretraining has its own "
