@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dclnet.evaluation.protocols import write_json
+
 # name -> overrides on top of configs/demo.yaml (the recipe of record is "recipe": no overrides)
 VARIANTS = {
     "recipe": [],
@@ -72,15 +74,17 @@ SETS = {"seed7": ["data.synthetic_seed=7"], "heldout": ["data.synthetic_seed=7",
 _TOOK = re.compile(r"synthetic pretraining took (\d+) s")
 
 
-def run_demo(overrides: list[str], cache: Path, record: Path) -> dict:
-    """One ``dclnet demo`` in a fresh run folder; returns its JSON record with the
-    pretraining's seconds (0 when the backbone was cached) and the full command line."""
+def run_demo(overrides: list[str], cache: Path | None, record: Path) -> dict:
+    """One ``dclnet demo`` in a fresh run folder (``data.cache_dir=cache`` unless None: the
+    demo's own cache); writes its JSON record to ``record`` atomically, with the
+    pretraining's seconds (0 when the backbone was cached), the load average at its end and
+    the command line, and returns it."""
     with tempfile.TemporaryDirectory(prefix="first-run-") as tmp:
         out_json = Path(tmp) / "demo.json"
         dclnet = shutil.which("dclnet") or str(Path(sys.executable).with_name("dclnet"))
         cmd = [
             dclnet, "demo", "--output", str(Path(tmp) / "run"), "--json", str(out_json),
-            *overrides, f"data.cache_dir={cache}",
+            *overrides, *([f"data.cache_dir={cache}"] if cache else []),
         ]  # fmt: skip
         print("$", " ".join(cmd), flush=True)
         start = time.perf_counter()
@@ -97,9 +101,7 @@ def run_demo(overrides: list[str], cache: Path, record: Path) -> dict:
     res["process_seconds"] = seconds
     res["load_average"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min, at the end
     res["command"] = "dclnet demo " + " ".join(overrides)
-    tmp_record = record.with_suffix(".tmp")
-    tmp_record.write_text(json.dumps(res, indent=1) + "\n")
-    os.replace(tmp_record, record)
+    write_json(res, record)
     return res
 
 

@@ -28,21 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from first_run import run_demo  # scripts/ is on the path when this script runs
+
+from dclnet.evaluation.protocols import write_json
+
 SETS = {"seed7": [], "heldout": ["data.synthetic_style=heldout"]}
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _write(record: dict, path: Path) -> None:
-    record["load_average"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min, at the end
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _run(cmd: list[str]) -> None:
@@ -55,16 +51,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def demo(which: str, seed: int, path: Path, cache: Path | None) -> None:
-    overrides = ["data.synthetic_seed=7", *SETS[which], f"train.seed={seed}"]
-    with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:
-        out = Path(tmp) / "demo.json"
-        dclnet = shutil.which("dclnet") or str(Path(sys.executable).with_name("dclnet"))
-        extra = [f"data.cache_dir={cache}"] if cache else []
-        _run([dclnet, "demo", "--output", str(Path(tmp) / "run"), "--json", str(out),
-              *overrides, *extra])  # fmt: skip
-        record = json.loads(out.read_text())
-    record["command"] = "dclnet demo " + " ".join(overrides)
-    _write(record, path)
+    run_demo(["data.synthetic_seed=7", *SETS[which], f"train.seed={seed}"], cache, path)
 
 
 def cnn(which: str, seed: int, seconds: float, path: Path) -> None:
@@ -77,7 +64,8 @@ def cnn(which: str, seed: int, seconds: float, path: Path) -> None:
               "--json", str(out)])  # fmt: skip
         record = json.loads(out.read_text())
     record["command"] = " ".join(["python benchmarks/synthetic_gap.py", *args])
-    _write(record, path)
+    record["load_average"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min, at the end
+    write_json(record, path)
 
 
 def main() -> int:

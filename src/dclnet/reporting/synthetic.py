@@ -4,6 +4,7 @@ the first-run table, the training-seed table and the one-change-at-a-time table.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,15 @@ def render_comparison(demos: list[dict[str, Any]], cnns: list[dict[str, Any]]) -
     return "\n".join(lines)
 
 
+def _command_note(record: dict[str, Any]) -> str:
+    """A record's ``command`` in backticks, with what ran beside it or else its load average at
+    its end."""
+    load, beside = record.get("load_average"), record.get("beside")
+    if beside:
+        return f"`{record['command']}` ({beside})"
+    return f"`{record['command']}`" + (f" (load average {load[0]:.1f} at its end)" if load else "")
+
+
 def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
     """``"64 × 32, 800 steps, lr 0.002, 512 people, wide look"`` of a run's config."""
     size = model.get("pretrain_size") or [data["height"], data["width"]]
@@ -203,10 +213,7 @@ def render_first_run(folder: Path) -> str:
         )
         for which in ("seed7", "heldout"):
             if which in sets:
-                load, beside = sets[which].get("load_average"), sets[which].get("beside")
-                at_end = f" (load average {load[0]:.1f} at its end)" if load else ""
-                at_end = f" ({beside})" if beside else at_end
-                commands.append(f"`{sets[which]['command']}`{at_end}")
+                commands.append(_command_note(sets[which]))
     if cnn:
         cells = [
             mean_cells(cnn[s]["mean"]) if s in cnn else "not run" for s in ("seed7", "heldout")
@@ -257,8 +264,6 @@ def _seed_of(kind: str, record: dict[str, Any]) -> int:
 
 
 def _spread_cell(means: list[float]) -> str:
-    import statistics
-
     values = ", ".join(f"{m:.2f}" for m in means)
     if len(means) < 2:
         return values
@@ -298,12 +303,7 @@ def render_spread(first_run: Path, spread: Path) -> str:
                 + " | ".join(_spread_cell([m[k] for m in means]) for k in ("rank1", "mAP", "mINP"))
                 + " |"
             )
-            for r in records:
-                load = r.get("load_average")
-                commands.append(
-                    f"`{r['command']}`"
-                    + (f" (load average {load[0]:.1f} at its end)" if load else "")
-                )
+            commands += [_command_note(r) for r in records]
     for which, set_label in SPREAD_SETS.items():
         demo, cnn = runs["demo"].get(which), runs["cnn"].get(which)
         if not demo or not cnn:
@@ -375,11 +375,7 @@ def render_budget(first_run: Path, budget: Path) -> str:
             (0, bool(_change(r)), _change(r)) if "dclnet" in r else (1, r["train_seconds"], "")
         )
     )
-    commands = []
-    for r in records:
-        load, beside = r.get("load_average"), r.get("beside")
-        at_end = f" (load average {load[0]:.1f} at its end)" if load else ""
-        commands.append(f"`{r['command']}`" + (f" (beside {beside})" if beside else at_end))
+    commands = [_command_note(r) for r in records]
     lines = [
         "| model | change to the demo recipe | time | seed 7: rank-1 / mAP / mINP |",
         "|---|---|---|---|",
