@@ -132,3 +132,11 @@ def assert_same_ranking(a, b):
     for query in a:
         assert [p for p, _ in a[query]] == [p for p, _ in b[query]]
         np.testing.assert_allclose([s for _, s in a[query]], [s for _, s in b[query]], atol=1e-5)
+
+
+def exact_index(embedder, world: dict, folder: Path) -> Path:
+    """An exact gallery index of ``world``'s gallery, written to ``folder``."""
+    from dclnet.inference.indexing import write_index
+
+    write_index(embedder, world["gallery"], "visible", folder, progress=False)
+    return folder
