@@ -35,17 +35,21 @@ from pathlib import Path
 
 from dclnet.evaluation.protocols import write_json
 
-# name -> overrides on top of configs/demo.yaml (the recipe of record is "recipe": no overrides)
+# name -> overrides on top of configs/demo.yaml (the recipe of record is "recipe": no overrides;
+# every other variant was measured with float32 pretraining and tests without flipping)
+FP32 = ["model.pretrain_amp=off", "eval.flip=false"]
 VARIANTS = {
     "recipe": [],
-    "r96-1500": ["model.pretrain_size=[96,48]", "model.pretrain_steps=1500"],
+    "r96-1500": [*FP32, "model.pretrain_size=[96,48]", "model.pretrain_steps=1500"],
     "s64-800": [
+        *FP32,
         "model.pretrain_size=[64,32]",
         "model.pretrain_steps=800",
         "model.pretrain_lr=2e-3",
         "model.pretrain_style=default",
     ],
     "s64-800-wide": [
+        *FP32,
         "model.pretrain_size=[64,32]",
         "model.pretrain_steps=800",
         "model.pretrain_lr=2e-3",
@@ -58,17 +62,20 @@ for _steps, _style, _stride in [(1000, "default", 1), (1000, "wide", 1), (1000, 
     VARIANTS[
         f"s64-{_steps}" + ("-wide" if _style == "wide" else "") + ("-ls2" if _stride == 2 else "")
     ] = [
+        *FP32,
         "model.pretrain_size=[64,32]",
         f"model.pretrain_steps={_steps}",
         "model.pretrain_lr=2e-3",
         f"model.pretrain_style={_style}",
         *([f"model.pretrain_last_stride={_stride}"] if _stride != 1 else []),
     ]
-# the recipe with another pretraining seed (its initialisation, batches, augmentation)
-VARIANTS["recipe-ps1"] = ["model.pretrain_seed=1"]
-# the recipe with a pretraining population twice as large (same steps: more people, fewer
+# the recipe before bfloat16 pretraining and flip-averaged tests (the recipe of record until
+# then), and two variants of it: another pretraining seed (its initialisation, batches,
+# augmentation) and a pretraining population twice as large (same steps: more people, fewer
 # views of each)
-VARIANTS["recipe-1024ids"] = ["model.pretrain_ids=1024"]
+VARIANTS["recipe-fp32"] = FP32
+VARIANTS["recipe-ps1"] = [*FP32, "model.pretrain_seed=1"]
+VARIANTS["recipe-1024ids"] = [*FP32, "model.pretrain_ids=1024"]
 SETS = {"seed7": ["data.synthetic_seed=7"], "heldout": ["data.synthetic_seed=7",
         "data.synthetic_style=heldout"]}  # fmt: skip
 _TOOK = re.compile(r"synthetic pretraining took (\d+) s")

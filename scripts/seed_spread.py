@@ -14,13 +14,15 @@ other training seeds, on synthetic seed 7 in the default look and in the held-ou
 2. ``python benchmarks/synthetic_gap.py --protocol --seed 7 [--style heldout] --train-seed N
    --seconds T``, with ``T`` the recipe's first run on seed 7
    (``docs/results/first_run/recipe-seed7.json``: the same wall time the first-run table
-   gives the CNN).
+   gives the CNN);
+3. with ``--cnn-bf16``, the same CNN run with ``--amp bfloat16``: the demo pretrains in
+   bfloat16 where the CPU does it natively, and this gives the CNN the same arithmetic.
 
-Each result goes to ``--out/<demo|cnn>-<set>-train<N>.json`` as soon as it finishes (with the
-load average at its end); a file that exists is skipped, so a stopped sweep loses at most one
-run. Run it on a quiet machine with nothing beside it: the CNN stops on a wall-clock budget.
-``python -m dclnet.reporting`` turns the files (and the first-run table's seed-0 runs) into
-the spread table of docs/synthetic.md.
+Each result goes to ``--out/<demo|cnn|cnn-bf16>-<set>-train<N>.json`` as soon as it finishes
+(with the load average at its end); a file that exists is skipped, so a stopped sweep loses
+at most one run. Run it on a quiet machine with nothing beside it: the CNN stops on a
+wall-clock budget. ``python -m dclnet.reporting`` turns the files (and the first-run table's
+seed-0 runs) into the spread table of docs/synthetic.md.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ def demo(which: str, seed: int, path: Path, cache: Path | None) -> None:
     run_demo(["data.synthetic_seed=7", *SETS[which], f"train.seed={seed}"], cache, path)
 
 
-def cnn(which: str, seed: int, seconds: float, path: Path) -> None:
+def cnn(which: str, seed: int, seconds: float, path: Path, amp: str = "off") -> None:
     style = ["--style", "heldout"] if which == "heldout" else []
     with tempfile.TemporaryDirectory(prefix="seed-spread-") as tmp:
         out = Path(tmp) / "cnn.json"
         args = ["--protocol", "--seed", "7", *style, "--train-seed", str(seed),
                 "--seconds", f"{seconds:.0f}"]  # fmt: skip
+        args += ["--amp", amp] if amp != "off" else []
         _run([sys.executable, str(REPO / "benchmarks" / "synthetic_gap.py"), *args,
               "--json", str(out)])  # fmt: skip
         record = json.loads(out.read_text())
@@ -80,7 +83,10 @@ def main() -> int:
                         help="CNN budget (default: the recipe's seed-7 first run)")  # fmt: skip
     parser.add_argument("--cache", type=Path, default=None,
                         help="the demo's data.cache_dir (default: the demo's own)")  # fmt: skip
-    parser.add_argument("--only", choices=("demo", "cnn"), default=None)
+    parser.add_argument("--only", choices=("demo", "cnn", "cnn-bf16"), default=None)
+    parser.add_argument("--cnn-bf16", action="store_true",
+                        help="also run the CNN in bfloat16 autocast (cnn-bf16-*.json), as the "
+                        "demo pretrains where the CPU does bfloat16 natively")  # fmt: skip
     args = parser.parse_args()
     seconds = args.seconds
     if seconds is None and args.only != "demo":
@@ -94,14 +100,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for which in args.sets:
         for seed in args.train_seeds:
-            for kind in ("demo", "cnn"):
+            for kind in ("demo", "cnn", *(["cnn-bf16"] if args.cnn_bf16 else [])):
                 path = args.out / f"{kind}-{which}-train{seed}.json"
                 if (args.only and kind != args.only) or path.is_file():
                     continue
                 if kind == "demo":
                     demo(which, seed, path, args.cache)
                 else:
-                    cnn(which, seed, seconds, path)
+                    cnn(which, seed, seconds, path, "bfloat16" if kind == "cnn-bf16" else "off")
                 mean = json.loads(path.read_text())
                 mean = (mean["dclnet"] if kind == "demo" else mean)["mean"]
                 print(f"{kind} {which} train seed {seed}: rank-1 {mean['rank1']:.2f} "

@@ -77,10 +77,10 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
 
     def fake(
         arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local, style, lr,
-        last_stride, seed,
+        last_stride, seed, amp,
     ):  # fmt: skip
         calls.append((arch, size, cache, layer3_stride, ids, steps, shift, parts, local))
-        assert (style, lr, last_stride, seed) == ("heldout", 3e-3, 1, 4)
+        assert (style, lr, last_stride, seed, amp) == ("heldout", 3e-3, 1, 4, "bfloat16")
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
@@ -89,7 +89,8 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
                              "model.layer3_stride=1", "model.pretrain_shift=5",
                              "model.pretrain_parts=0.5", "model.pretrain_steps=7",
                              "model.pretrain_local=2", "model.pretrain_style=heldout",
-                             "model.pretrain_lr=3e-3", "model.pretrain_seed=4"])  # fmt: skip
+                             "model.pretrain_lr=3e-3", "model.pretrain_seed=4",
+                             "model.pretrain_amp=bfloat16"])  # fmt: skip
     assert build.pretrained_weights(cfg) == tmp_path / "weights.pt"
     assert calls == [("resnet18", (64, 32), tmp_path, 1, 512, 7, 5, 0.5, 2.0)]
     assert build.pretrained_weights(load_config(None, ["model.pretrained=null"])) is None
@@ -387,3 +388,39 @@ def test_pretrain_seed_is_the_cache_key_and_changes_only_the_training_draws(tmp_
         build.check_weights(cfg)
     with pytest.raises(ConfigError, match="model.pretrain_seed"):
         load_config(None, ["model.pretrain_seed=-1"])
+
+
+def test_pretrain_amp_bfloat16_is_its_own_cache_file_and_trains(tmp_path, monkeypatch):
+    from dclnet.config import load_config
+    from dclnet.engine import build
+    from dclnet.errors import ConfigError
+
+    plain = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800)
+    assert pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, bf16=False) == plain
+    half = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, bf16=True)
+    assert half.name == "synthetic-resnet18-64x32-s32-512ids-800steps-bf16-v1.pt"
+
+    # "auto" follows the CPU: bfloat16 only where its arithmetic is native
+    for native in (True, False):
+        monkeypatch.setattr(synthetic_pretrain, "native_cpu_bf16", lambda n=native: n)
+        assert synthetic_pretrain.resolve_pretrain_amp("auto") is native
+        assert synthetic_pretrain.resolve_pretrain_amp("bfloat16") is True
+        assert synthetic_pretrain.resolve_pretrain_amp("off") is False
+    with pytest.raises(ConfigError, match="model.pretrain_amp='fp8'"):
+        synthetic_pretrain.resolve_pretrain_amp("fp8")
+    with pytest.raises(ConfigError, match="model.pretrain_amp"):
+        load_config(None, ["model.pretrain_amp=fp16"])
+    cfg = load_config(None, ["model.pretrained=null", "model.pretrain_amp=auto"])
+    with pytest.raises(ConfigError, match=r"model.pretrain_amp=auto applies only to model.pre"):
+        build.check_weights(cfg)
+
+    # bfloat16 autocast runs on any CPU (emulated where not native) and its weights are
+    # float32, not equal to the float32 run's after the same two steps
+    kw = dict(ids=6, steps=2, progress=False)
+    fp32 = synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), **kw)
+    bf16 = synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), bf16=True, **kw)
+    key = "layer1.0.conv1.weight"
+    assert bf16[key].dtype == torch.float32 and torch.isfinite(bf16[key]).all()
+    assert not torch.equal(fp32[key], bf16[key])
+    path = synthetic_backbone("resnet18", (32, 16), tmp_path, amp="bfloat16", **kw)
+    assert path.name.endswith("-bf16-v1.pt") and path.is_file()

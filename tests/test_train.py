@@ -134,6 +134,25 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, tiny_run):
         )
 
 
+def test_dclnet_test_flips_as_the_run_did_unless_told(tmp_path, tiny_run):
+    run, _ = tiny_run
+    state = load_checkpoint(run / "last.pt")
+    state["config"]["eval"]["flip"] = True  # a run that tested with flip-averaged features
+    torch.save(state, tmp_path / "flipped.pt")
+    settings = ProtocolSettings("synthetic", trials=1)
+
+    def means(path, flip):
+        result = run_test_checkpoint(
+            path, settings, root=None, device="cpu", flip=flip, progress=False
+        )
+        return result.plain.mean
+
+    flipped = means(tmp_path / "flipped.pt", None)
+    assert flipped == means(tmp_path / "flipped.pt", True)
+    assert flipped != means(tmp_path / "flipped.pt", False)
+    assert means(run / "last.pt", None) == means(run / "last.pt", False)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--config", str(TINY), "--output", str(tmp_path / "nothing"), "--resume"])
     assert code == 2 and "cannot resume" in capsys.readouterr().err

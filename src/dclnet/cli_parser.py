@@ -229,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_args(p, datasets=("sysu", "regdb", "llcm", "synthetic"))
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward")
-    p.add_argument("--flip", action="store_true", help="flip-averaged features")
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip-averaged features, or not (default: as the checkpoint's run, eval.flip)",
+    )
     p.add_argument(
         "--cache-dir",
         type=Path,

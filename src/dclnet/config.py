@@ -88,6 +88,7 @@ class ModelConfig:
     pretrain_lr: float = 1e-3  # pretrained=synthetic: Adam's peak learning rate
     pretrain_last_stride: int = 1  # pretrained=synthetic: layer4's stride while pretraining
     pretrain_seed: int = 0  # pretrained=synthetic: seed of its init, batches and augmentation
+    pretrain_amp: str = "off"  # pretrained=synthetic: off, auto (bf16 where native), bfloat16
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ _CHOICES = {
     "data.synthetic_style": SYNTHETIC_STYLES,
     "model.pretrain_style": SYNTHETIC_STYLES,
     "model.pretrain_last_stride": (1, 2),
+    "model.pretrain_amp": ("off", "auto", "bfloat16"),
     "model.arch": ARCHS,
     "loss.preset": PRESETS + (None,),
     "loss.metric_loss": METRIC_LOSSES,

@@ -100,6 +100,7 @@ def pretrained_weights(cfg: Config) -> str | Path | None:
         lr=m.pretrain_lr,
         last_stride=m.pretrain_last_stride,
         seed=m.pretrain_seed,
+        amp=m.pretrain_amp,
     )
 
 
@@ -130,6 +131,7 @@ def check_weights(cfg: Config) -> None:
         ("pretrain_style", m.pretrain_style, "default"),
         ("pretrain_last_stride", m.pretrain_last_stride, 1),
         ("pretrain_seed", m.pretrain_seed, 0),
+        ("pretrain_amp", m.pretrain_amp, "off"),
     ):
         if value != default:
             raise ConfigError(

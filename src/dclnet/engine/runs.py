@@ -261,7 +261,7 @@ def test_checkpoint(
     root: Path | None,
     device: str = "auto",
     batch_size: int = 128,
-    flip: bool = False,
+    flip: bool | None = None,
     rerank: bool = False,
     cache_dir: Path | None = None,
     progress: bool = True,
@@ -271,11 +271,13 @@ def test_checkpoint(
     The test data come through the same mapping as a training run's final test
     (:func:`~dclnet.engine.run_data.load_eval_data_for`), from the checkpoint's own ``data.*``
     keys (image size, synthetic set, ``skip_corrupt``, ``verify_cache``) with the data set,
-    root and protocol of ``settings`` and the cache folder ``cache_dir`` on top.
+    root and protocol of ``settings`` and the cache folder ``cache_dir`` on top. ``flip``
+    None tests as the run did (its ``eval.flip``).
     """
     dev = resolve_device(device)
     model, state = load_model(checkpoint, dev)
     cfg = checkpoint_test_config(state, settings, root=root, cache_dir=cache_dir)
+    flip = cfg.eval.flip if flip is None else flip
     data = load_eval_data_for(cfg, progress=progress)
     return evaluate_model(
         model, data, device=dev, batch_size=batch_size, flip=flip, rerank=rerank, progress=progress
@@ -398,7 +400,8 @@ def run_demo(
     Returns:
         ``baseline`` and ``dclnet`` protocol results, the resolved ``config``, ``seconds``
         (wall time of the whole command), ``pretrain_seconds`` (the one-time synthetic
-        pretraining inside it; 0 when its backbone was cached) and :func:`machine_info`.
+        pretraining inside it; 0 when its backbone was cached), ``pretrain_bf16`` (whether
+        that backbone is the bfloat16 one, ``model.pretrain_amp``) and :func:`machine_info`.
     """
     import time
 
@@ -434,8 +437,18 @@ def run_demo(
         "config": to_dict(cfg),
         "seconds": seconds,
         "pretrain_seconds": pretrain_seconds,
+        "pretrain_bf16": _pretrain_bf16(cfg),
         **machine_info(),
     }
+
+
+def _pretrain_bf16(cfg: Config) -> bool:
+    """Whether this run's synthetic backbone is (or would be) pretrained in bfloat16."""
+    if cfg.model.pretrained != "synthetic":
+        return False
+    from dclnet.engine.synthetic_pretrain import resolve_pretrain_amp
+
+    return resolve_pretrain_amp(cfg.model.pretrain_amp)
 
 
 def _pretrain_once(cfg: Config) -> float:

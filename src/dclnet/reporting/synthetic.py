@@ -159,8 +159,9 @@ def _command_note(record: dict[str, Any]) -> str:
     return f"`{record['command']}`" + (f" (load average {load[0]:.1f} at its end)" if load else "")
 
 
-def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
-    """``"64 × 32, 800 steps, lr 0.002, 512 people, wide look"`` of a run's config."""
+def _pretraining(model: dict[str, Any], data: dict[str, Any], bf16: bool = False) -> str:
+    """``"64 × 32, 800 steps, lr 0.002, 512 people, wide look"`` of a run's config (and
+    ``", bfloat16"`` when ``bf16``: the record's backbone was pretrained in bfloat16)."""
     size = model.get("pretrain_size") or [data["height"], data["width"]]
     return (
         f"{size[0]} × {size[1]}, {model.get('pretrain_steps', 500)} steps, lr "
@@ -168,6 +169,7 @@ def _pretraining(model: dict[str, Any], data: dict[str, Any]) -> str:
         f"{model.get('pretrain_style', 'default')} look"
         + (", last stride 2" if model.get("pretrain_last_stride", 1) == 2 else "")
         + (f", pretraining seed {model['pretrain_seed']}" if model.get("pretrain_seed") else "")
+        + (", bfloat16" if bf16 else "")
     )
 
 
@@ -205,8 +207,9 @@ def render_first_run(folder: Path) -> str:
         cells = [mean_cells(sets[s]["dclnet"]["mean"]) if s in sets else "not run"
                  for s in ("seed7", "heldout")]  # fmt: skip
         pre = first.get("pretrain_seconds", 0)
+        recipe = _pretraining(cfg["model"], cfg["data"], first.get("pretrain_bf16", False))
         lines.append(
-            f"| DCLNet demo (`{name}`) | {_pretraining(cfg['model'], cfg['data'])} | "
+            f"| DCLNet demo (`{name}`) | {recipe} | "
             f"{first['seconds'] / 60:.1f} min | "
             + (f"{pre / 60:.1f} min" if pre else "none (backbone cached earlier)")
             + f" | {_ran_on(first)} | {cells[0]} | {cells[1]} |"
