@@ -1,12 +1,14 @@
-"""Where the synthetic pretraining's time goes: seconds per step by input size and layout.
+"""Where the synthetic pretraining's time goes: seconds per step by size, layout and arithmetic.
 
     python benchmarks/bench_pretrain.py --json docs/results/bench_pretrain.json
 
 One pretraining step (``dclnet.engine.synthetic_pretrain``: ResNet-18, GeM, a 512-way
 identity classifier, Adam; 64 images) timed on random images at each size, with layer4 at
 stride 1 (the default) and 2 (``model.pretrain_last_stride=2``), in the default
-(contiguous) and ``channels_last`` memory layouts, after 3 warm-up steps, as the median of
-``--steps`` timed steps. Also the time to render the 512-person pretraining
+(contiguous) and ``channels_last`` memory layouts, in float32 and under CPU bfloat16 autocast
+(``model.pretrain_amp=bfloat16``; ``auto`` picks it where the CPU does bfloat16 natively,
+which the record's ``bf16_native`` says), after 3 warm-up steps, as the median of ``--steps``
+timed steps. Also the time to render the 512-person pretraining
 population at each size in each look. The numbers say what a first ``dclnet demo`` pays
 for per step, so that the pretraining recipe is chosen on measurements.
 """
@@ -14,6 +16,7 @@ for per step, so that the pretraining recipe is chosen on measurements.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 
 def step_seconds(
-    size: tuple[int, int], channels_last: bool, steps: int, last_stride: int = 1
+    size: tuple[int, int], channels_last: bool, steps: int, last_stride: int = 1, bf16: bool = False
 ) -> float:
     """Median seconds of one training step of the pretraining classifier at ``size``."""
     from dclnet.engine.synthetic_pretrain import _Classifier
@@ -39,7 +42,9 @@ def step_seconds(
     times = []
     for i in range(3 + steps):
         start = time.perf_counter()
-        loss = F.cross_entropy(model(x)[0], y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)[0]
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -68,27 +73,32 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print(f"{'size':>8s} {'last stride':>11s} {'layout':>14s} {'s/step':>7s} "
-          f"{'render s (default, wide)':>25s}")  # fmt: skip
+    print(f"{'size':>8s} {'last stride':>11s} {'layout':>14s} {'arithmetic':>10s} "
+          f"{'s/step':>7s} {'render s (default, wide)':>25s}")  # fmt: skip
     for size in ((64, 32), (96, 48)):
         render = {s: render_seconds(size, s) for s in ("default", "wide")}
-        for last_stride in (1, 2):
-            for channels_last in (False, True):
-                sec = step_seconds(size, channels_last, args.steps, last_stride)
-                layout = "channels_last" if channels_last else "contiguous"
-                rows.append({"size": list(size), "last_stride": last_stride, "layout": layout,
-                             "step_seconds": sec, "render_seconds": render})  # fmt: skip
-                print(f"{size[0]:>4d}x{size[1]:<3d} {last_stride:>11d} {layout:>14s} "
-                      f"{sec:7.3f} {render['default']:12.1f} {render['wide']:12.1f}")  # fmt: skip
+        for last_stride, channels_last, bf16 in itertools.product(
+            (1, 2), (False, True), (False, True)
+        ):
+            sec = step_seconds(size, channels_last, args.steps, last_stride, bf16)
+            layout = "channels_last" if channels_last else "contiguous"
+            arithmetic = "bfloat16" if bf16 else "float32"
+            rows.append({"size": list(size), "last_stride": last_stride, "layout": layout,
+                         "arithmetic": arithmetic, "step_seconds": sec,
+                         "render_seconds": render})  # fmt: skip
+            print(f"{size[0]:>4d}x{size[1]:<3d} {last_stride:>11d} {layout:>14s} {arithmetic:>10s} "
+                  f"{sec:7.3f} {render['default']:12.1f} {render['wide']:12.1f}")  # fmt: skip
     if args.json:
         import os
 
         from dclnet.engine.runs import machine_info
+        from dclnet.engine.synthetic_pretrain import native_cpu_bf16
         from dclnet.evaluation.protocols import write_json
 
         record = {
             "command": " ".join(["python benchmarks/bench_pretrain.py", *sys.argv[1:]]),
             "rows": rows,
+            "bf16_native": native_cpu_bf16(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             **machine_info(),
         }

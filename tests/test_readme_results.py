@@ -209,7 +209,7 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     import json
     import statistics
 
-    from dclnet.reporting.synthetic import render_spread
+    from dclnet.reporting.sweeps import render_spread
 
     first, spread = tmp_path / "first_run", tmp_path / "spread"
     first.mkdir()
@@ -245,23 +245,44 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     assert "the two runs above differ by less than the seeds do." in block
     pair[1]["dclnet"] = {"mean": {"rank1": 20.0, "mAP": 2.0, "mINP": 1.0}}
     assert "differ by more than the seeds do." in render_demo(_demo_record(40.0), pair, seeds)
+    # the CNN in bfloat16 gets its own rows and verdict; an archived recipe's folder takes
+    # its seed-0 demo from <recipe>-<set>.json and its seed-0 CNN from the folder itself
+    half = {**_demo_record(0), "mean": {"rank1": 40.0, "mAP": 0.5, "mINP": 0.1},
+            "train_seconds": 450.0, "train_seed": 0, "command": "cnn --amp bfloat16"}  # fmt: skip
+    (spread / "cnn-bf16-seed7-train0.json").write_text(json.dumps(half))
+    table = render_spread(first, spread)
+    assert "| small CNN in bfloat16, 7.5 min of training | seed 7, default look | 0 | 40.00 |" in (
+        table
+    )
+    assert (
+        "seed 7, default look (3 demo runs, 1 bfloat16 CNN run): every demo run above every "
+        "bfloat16 CNN run on mAP, mINP; every bfloat16 CNN run above every demo run on rank-1."
+    ) in table
+    old = tmp_path / "old"
+    old.mkdir()
+    (first / "recipe-old-seed7.json").write_text(json.dumps(_seeded(_demo_record(25.0), 0)))
+    (old / "cnn-seed7-train0.json").write_text(json.dumps({**half, "command": "old cnn"}))
+    archived = render_spread(first, old, recipe="recipe-old", cnn_seed0=False)
+    assert "| DCLNet demo recipe | seed 7, default look | 0 | 25.00 |" in archived
+    assert "`old cnn`" in archived and "`cnn 0`" not in archived
 
 
 def test_budget_table_lists_the_recipe_then_its_changes_then_the_cnn_by_time(tmp_path):
     import json
 
-    from dclnet.reporting.synthetic import render_budget
+    from dclnet.reporting.sweeps import render_budget
 
-    first, budget = tmp_path / "first_run", tmp_path / "budget"
-    first.mkdir()
-    budget.mkdir()
-    assert "Not measured yet" in render_budget(first, budget)
+    first, budget, spread = tmp_path / "first_run", tmp_path / "budget", tmp_path / "spread"
+    for folder in (first, budget, spread):
+        folder.mkdir()
+    assert "Not measured yet" in render_budget(first, budget, spread)
 
     def demo(epochs: int, pre: float) -> dict:
         record = _seeded(_demo_record(30.0 + epochs), 0)
         record["config"]["optim"] = {"epochs": epochs}
         extra = "" if epochs == 10 else f" optim.epochs={epochs}"
-        command = "dclnet demo data.synthetic_seed=7" + extra
+        command = "dclnet demo model.pretrain_amp=off eval.flip=false data.synthetic_seed=7"
+        command += extra
         return {**record, "pretrain_seconds": pre, "command": command}
 
     def cnn(seconds: float) -> dict:
@@ -269,11 +290,12 @@ def test_budget_table_lists_the_recipe_then_its_changes_then_the_cnn_by_time(tmp
         record = {k: v for k, v in _demo_record(0).items() if k not in ("dclnet", "baseline")}
         return {**record, "mean": mean, "train_seconds": seconds, "command": "cnn"}
 
-    (first / "recipe-seed7.json").write_text(json.dumps(demo(10, 240.0)))
-    (first / "cnn-seed7.json").write_text(json.dumps(cnn(480.0)))
+    (first / "recipe-fp32-seed7.json").write_text(json.dumps(demo(10, 240.0)))
+    (spread / "cnn-seed7-train0.json").write_text(json.dumps(cnn(480.0)))
     (budget / "a.json").write_text(json.dumps(cnn(240.0)))
     (budget / "b.json").write_text(json.dumps(demo(20, 0.0)))
-    rows = [x for x in render_budget(first, budget).splitlines() if x.startswith("| ")][1:]
+    rows = [x for x in render_budget(first, budget, spread).splitlines() if x.startswith("| ")]
+    rows = rows[1:]
     assert [r.split(" | ")[:2] for r in rows] == [
         ["| DCLNet demo", "none"],
         ["| DCLNet demo", "`optim.epochs=20`"],
@@ -284,3 +306,41 @@ def test_budget_table_lists_the_recipe_then_its_changes_then_the_cnn_by_time(tmp
     assert "backbone cached (a first run adds its pretraining)" in rows[1]
     assert rows[2].endswith("| 4.0 min of training | 24.00 / 1.00 / 0.50 |")
     assert rows[3].endswith("| 8.0 min of training | 48.00 / 1.00 / 0.50 |")
+
+
+def test_tuning_table_lists_the_recipe_then_each_change(tmp_path):
+    import json
+
+    from dclnet.reporting.sweeps import render_tuning
+
+    assert "Not measured yet" in render_tuning(tmp_path, None)
+    recipe = {**_demo_record(30.0), "command": "dclnet demo", "seconds": 240.0}
+    recipe["pretrain_seconds"] = 120.0
+    change = {**_demo_record(35.0), "seconds": 90.0, "pretrain_seconds": 0.0}
+    change["command"] = "dclnet demo model.pretrain_amp=off data.height=64 data.width=32"
+    (tmp_path / "a.json").write_text(json.dumps({**change, "beside": "the test suite"}))
+    rows = [x for x in render_tuning(tmp_path, recipe).splitlines() if x.startswith("| ")][1:]
+    assert rows == [
+        "| none | 4.0 min, of it 2.0 min pretraining | 30.00 / 2.00 / 1.00 |",
+        "| `model.pretrain_amp=off data.height=64 data.width=32` | 1.5 min, backbone cached, "
+        "another job beside it | 35.00 / 2.00 / 1.00 |",
+    ]
+
+
+def test_zero_shot_table_gives_each_backbones_mean_and_sets():
+    from dclnet.reporting.sweeps import render_zero_shot
+
+    def per_seed(*values):
+        return [{"seed": k, "rank1": v, "mAP": v + 5} for k, v in enumerate(values)]
+
+    record = {**_demo_record(0), "command": "python scripts/zero_shot.py", "seeds": [0, 1]}
+    record["rows"] = [
+        {"variant": "bf16-1000", "amp": "bfloat16", "steps": 1000, "file": "a-bf16-v1.pt",
+         "64x32": per_seed(20.0, 30.0), "96x48": per_seed(10.0, 12.0)},
+    ]  # fmt: skip
+    table = render_zero_shot(record)
+    assert "| pretraining (64 × 32) | 64 × 32: rank-1 | mAP | 96 × 48: rank-1 | mAP |" in table
+    assert "| 1000 steps, bfloat16 | 25.00 (20.0, 30.0) | 30.00 | 11.00 (10.0, 12.0) | 16.00 |" in (
+        table
+    )
+    assert "synthetic seeds 0, 1 (the tuning sets)" in table and "`a-bf16-v1.pt`" in table

@@ -159,25 +159,35 @@ def _search_table(results: Path) -> str:
 
 def render_bench_pretrain(record: dict[str, Any]) -> str:
     """``benchmarks/bench_pretrain.py``'s table: seconds per pretraining step by size, last
-    stride and layout, and the population's rendering time per look."""
+    stride, layout and arithmetic, and the population's rendering time per look."""
     lines = [
-        "| input | layer4 stride | layout | s / step (64 images) "
+        "| input | layer4 stride | layout | arithmetic | s / step (64 images) "
         "| render 512 people: default / wide look |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         render = r["render_seconds"]
         lines.append(
             f"| {r['size'][0]} × {r['size'][1]} | {r['last_stride']} | {r['layout']} | "
-            f"{r['step_seconds']:.3f} | {render['default']:.1f} s / {render['wide']:.1f} s |"
+            f"{r.get('arithmetic', 'float32')} | {r['step_seconds']:.3f} | "
+            f"{render['default']:.1f} s / {render['wide']:.1f} s |"
         )
     load = record.get("load_average")
+    native = record.get("bf16_native")
     lines += [
         "",
         f"`{record['command']}` on {where(record)}"
         + (f", load average {load[0]} at its end" if load else "")
         + ". Median of the timed steps after 3 warm-up steps, random images, ResNet-18 with the "
-        "pretraining's GeM and 512-way classifier, Adam.",
+        "pretraining's GeM and 512-way classifier, Adam; bfloat16 is CPU autocast"
+        + (
+            ""
+            if native is None
+            else " (native on this CPU)"
+            if native
+            else " (emulated on this CPU: `model.pretrain_amp=auto` keeps float32 here)"
+        )
+        + ".",
     ]
     return "\n".join(lines)
 

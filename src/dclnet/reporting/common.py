@@ -40,3 +40,12 @@ def or_not_run(results: Path, name: str, render, command: str) -> str:
     if not (results / f"{name}.json").is_file():
         return f"Not measured yet: `{command}` writes `docs/results/{name}.json`."
     return render(load_result(results, name))
+
+
+def command_note(record: dict[str, Any]) -> str:
+    """A record's ``command`` in backticks, with what ran beside it or else its load average at
+    its end."""
+    load, beside = record.get("load_average"), record.get("beside")
+    if beside:
+        return f"`{record['command']}` ({beside})"
+    return f"`{record['command']}`" + (f" (load average {load[0]:.1f} at its end)" if load else "")

@@ -1,20 +1,34 @@
-"""Result sections of README.md and docs/synthetic.md: the demo block, the demo-vs-CNN comparison,
-the first-run table, the training-seed table and the one-change-at-a-time table."""
+"""Result sections of README.md and docs/synthetic.md: the demo block, the demo-vs-CNN comparison
+and the first-run table (the recipe's sweeps are in :mod:`dclnet.reporting.sweeps`)."""
 
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
-from dclnet.reporting.common import load_result, mean_cells, metrics_line, where
+from dclnet.reporting.common import (
+    command_note,
+    load_result,
+    mean_cells,
+    metrics_line,
+    or_not_run,
+    where,
+)
+from dclnet.reporting.sweeps import (
+    render_budget,
+    render_spread,
+    render_tuning,
+    render_zero_shot,
+    spread_runs,
+)
 
 
 def _threads_pair(results: Path) -> list[dict[str, Any]]:
-    """The demo recipe on seed 7 run twice, on two machines or thread counts, when both files
-    exist: the same computation summed in another order."""
-    names = ("first_run/recipe-seed7.json", "first_run/s64-1000-seed7.json")
+    """The float32 demo recipe (before bfloat16 pretraining) on seed 7 run twice, on two
+    machines or thread counts, when both files exist: the same computation summed in another
+    order."""
+    names = ("first_run/recipe-fp32-seed7.json", "first_run/s64-1000-seed7.json")
     found = [results / n for n in names if (results / n).is_file()]
     return [json.loads(p.read_text()) for p in found] if len(found) == 2 else []
 
@@ -54,7 +68,8 @@ def render_demo(
         lines += [
             "",
             "How far another CPU may move these numbers: another CPU runs other kernels, so "
-            "every sum is added up in another order. The same recipe on synthetic seed 7 "
+            "every sum is added up in another order. The same float32 recipe (before the "
+            "pretraining's bfloat16 and the flip-averaged test) on synthetic seed 7 "
             f"printed rank-1 {a['rank1']:.2f} / mAP {a['mAP']:.2f} / mINP "
             f"{a['mINP']:.2f} with {threads[0]} threads and {b['rank1']:.2f} / {b['mAP']:.2f} "
             f"/ {b['mINP']:.2f} with {threads[1]} (`{pair[1]['command']}`; on "
@@ -150,15 +165,6 @@ def render_comparison(demos: list[dict[str, Any]], cnns: list[dict[str, Any]]) -
     return "\n".join(lines)
 
 
-def _command_note(record: dict[str, Any]) -> str:
-    """A record's ``command`` in backticks, with what ran beside it or else its load average at
-    its end."""
-    load, beside = record.get("load_average"), record.get("beside")
-    if beside:
-        return f"`{record['command']}` ({beside})"
-    return f"`{record['command']}`" + (f" (load average {load[0]:.1f} at its end)" if load else "")
-
-
 def _pretraining(model: dict[str, Any], data: dict[str, Any], bf16: bool = False) -> str:
     """``"64 × 32, 800 steps, lr 0.002, 512 people, wide look"`` of a run's config (and
     ``", bfloat16"`` when ``bf16``: the record's backbone was pretrained in bfloat16)."""
@@ -216,7 +222,7 @@ def render_first_run(folder: Path) -> str:
         )
         for which in ("seed7", "heldout"):
             if which in sets:
-                commands.append(_command_note(sets[which]))
+                commands.append(command_note(sets[which]))
     if cnn:
         cells = [
             mean_cells(cnn[s]["mean"]) if s in cnn else "not run" for s in ("seed7", "heldout")
@@ -242,154 +248,6 @@ def render_first_run(folder: Path) -> str:
     return "\n".join(lines)
 
 
-SPREAD_SETS = {"seed7": "seed 7, default look", "heldout": "seed 7, held-out look"}
-
-
-def spread_runs(first_run: Path, spread: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """``{kind: {set: [records by training seed]}}`` for kind ``demo`` / ``cnn``: training
-    seed 0 from the first-run table's files (``recipe-<set>.json``, ``cnn-<set>.json``), the
-    others from ``spread/<kind>-<set>-train<N>.json`` (``scripts/seed_spread.py``)."""
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"demo": {}, "cnn": {}}
-    for kind, first in (("demo", "recipe"), ("cnn", "cnn")):
-        for which in SPREAD_SETS:
-            found = []
-            if (first_run / f"{first}-{which}.json").is_file():
-                found.append((0, json.loads((first_run / f"{first}-{which}.json").read_text())))
-            for path in spread.glob(f"{kind}-{which}-train*.json"):
-                found.append((int(path.stem.rpartition("train")[2]), json.loads(path.read_text())))
-            if found:
-                runs[kind][which] = [r for _, r in sorted(found, key=lambda x: x[0])]
-    return runs
-
-
-def _seed_of(kind: str, record: dict[str, Any]) -> int:
-    return record["config"]["train"]["seed"] if kind == "demo" else record.get("train_seed", 0)
-
-
-def _spread_cell(means: list[float]) -> str:
-    values = ", ".join(f"{m:.2f}" for m in means)
-    if len(means) < 2:
-        return values
-    return f"{values} (mean {statistics.mean(means):.2f} ± {statistics.stdev(means):.2f})"
-
-
-def _runs(n: int, kind: str) -> str:
-    return f"{n} {kind} run" + ("s" if n != 1 else "")
-
-
-def render_spread(first_run: Path, spread: Path) -> str:
-    """The demo recipe and the small CNN (given the demo's first-run time) over training
-    seeds, on synthetic seed 7 in the default and the held-out look; then, per look and
-    metric, whether every demo run is above every CNN run, the other way round, or neither."""
-    runs = spread_runs(first_run, spread)
-    if not runs["demo"] or not runs["cnn"]:
-        return (
-            "Not measured yet: `python scripts/first_run.py --variants recipe`, the small CNN "
-            "runs of the first-run table and `python scripts/seed_spread.py` write it."
-        )
-    lines = [
-        "| model | synthetic set | training seeds | rank-1 | mAP | mINP |",
-        "|---|---|---|---|---|---|",
-    ]
-    commands, verdicts = [], []
-    for kind, label in (("demo", "DCLNet demo recipe"), ("cnn", "small CNN")):
-        for which, set_label in SPREAD_SETS.items():
-            records = runs[kind].get(which, [])
-            if not records:
-                continue
-            means = [r["dclnet"]["mean"] if kind == "demo" else r["mean"] for r in records]
-            if kind == "cnn":
-                label = f"small CNN, {records[0]['train_seconds'] / 60:.1f} min of training"
-            seeds = ", ".join(str(_seed_of(kind, r)) for r in records)
-            lines.append(
-                f"| {label} | {set_label} | {seeds} | "
-                + " | ".join(_spread_cell([m[k] for m in means]) for k in ("rank1", "mAP", "mINP"))
-                + " |"
-            )
-            commands += [_command_note(r) for r in records]
-    for which, set_label in SPREAD_SETS.items():
-        demo, cnn = runs["demo"].get(which), runs["cnn"].get(which)
-        if not demo or not cnn:
-            continue
-        metrics = (("rank-1", "rank1"), ("mAP", "mAP"), ("mINP", "mINP"))
-        d = {k: [r["dclnet"]["mean"][k] for r in demo] for _, k in metrics}
-        c = {k: [r["mean"][k] for r in cnn] for _, k in metrics}
-        demo_ahead = [n for n, k in metrics if min(d[k]) > max(c[k])]
-        cnn_ahead = [n for n, k in metrics if min(c[k]) > max(d[k])]
-        overlap = [n for n, _ in metrics if n not in demo_ahead + cnn_ahead]
-        parts = [
-            f"every demo run above every CNN run on {', '.join(demo_ahead)}" if demo_ahead else "",
-            f"every CNN run above every demo run on {', '.join(cnn_ahead)}" if cnn_ahead else "",
-            f"the runs overlap on {', '.join(overlap)}" if overlap else "",
-        ]
-        runs_of = f"{_runs(len(demo), 'demo')}, {_runs(len(cnn), 'CNN')}"
-        verdicts.append(f"{set_label} ({runs_of}): " + "; ".join(p for p in parts if p))
-    everything = [r for sets in runs.values() for records in sets.values() for r in records]
-    machines = sorted({where(r) for r in everything})  # one machine, unless files were mixed
-    lines += [
-        "",
-        *(f"- {v}." for v in verdicts),
-        "",
-        f"Commands: {', '.join(commands)}; on {' and on '.join(machines)}. "
-        "Training seed 0 is the first-run table's pair (the demo's first run, then its "
-        "held-out run on the cached backbone); the other demo runs use the same recipe's "
-        "backbone, cached or pretrained by the first of them (its pretraining has its own "
-        "fixed seed, apart from the training seed).",
-    ]
-    return "\n".join(lines)
-
-
-def _change(record: dict[str, Any]) -> str:
-    """The overrides a demo record adds to ``dclnet demo data.synthetic_seed=7``."""
-    words = record["command"].split()[2:]
-    return " ".join(w for w in words if w != "data.synthetic_seed=7")
-
-
-def _budget_row(record: dict[str, Any]) -> str:
-    """One row of the time-budget table: the demo (its change to the recipe, first run or
-    cached backbone) or the small CNN (its training budget)."""
-    if "dclnet" in record:
-        pre = record.get("pretrain_seconds", 0)
-        time = f"{record['seconds'] / 60:.1f} min, " + (
-            f"of it {pre / 60:.1f} min pretraining"
-            if pre
-            else "backbone cached (a first run adds its pretraining)"
-        )
-        change = f"`{_change(record)}`" if _change(record) else "none"
-        if record.get("beside"):
-            time += ", another job beside it"
-        name, mean = "DCLNet demo", record["dclnet"]["mean"]
-    else:
-        time = f"{record['train_seconds'] / 60:.1f} min of training"
-        name, mean, change = "small CNN", record["mean"], "–"
-    return f"| {name} | {change} | {time} | {mean_cells(mean)} |"
-
-
-def render_budget(first_run: Path, budget: Path) -> str:
-    """The demo recipe with one change each and the small CNN at other budgets, on synthetic
-    seed 7: the first-run table's recipe and CNN runs with ``budget/*.json``."""
-    paths = [first_run / "recipe-seed7.json", first_run / "cnn-seed7.json"]
-    paths += sorted(budget.glob("*.json"))
-    records = [json.loads(p.read_text()) for p in paths if p.is_file()]
-    if len(records) < 2:
-        return "Not measured yet: the first-run table's files and `docs/results/budget/`."
-    records.sort(
-        key=lambda r: (
-            (0, bool(_change(r)), _change(r)) if "dclnet" in r else (1, r["train_seconds"], "")
-        )
-    )
-    commands = [_command_note(r) for r in records]
-    lines = [
-        "| model | change to the demo recipe | time | seed 7: rank-1 / mAP / mINP |",
-        "|---|---|---|---|",
-        *(_budget_row(r) for r in records),
-        "",
-        f"Commands: {', '.join(commands)}; on {where(records[0])}. The demo's time is its "
-        "whole command, the CNN's its training (its data rendering and test not counted).",
-    ]
-    return "\n".join(lines)
-
-
 # section name -> its text, rendered from the results folder
 SECTIONS = {
     "demo": lambda r: render_demo(
@@ -403,5 +261,15 @@ SECTIONS = {
     ),
     "first-run": lambda r: render_first_run(r / "first_run"),
     "spread": lambda r: render_spread(r / "first_run", r / "spread"),
-    "budget": lambda r: render_budget(r / "first_run", r / "budget"),
+    "spread-fp32": lambda r: render_spread(
+        r / "first_run", r / "spread_fp32", recipe="recipe-fp32", cnn_seed0=False
+    ),
+    "zero-shot": lambda r: or_not_run(
+        r,
+        "zero_shot",
+        render_zero_shot,
+        "python scripts/zero_shot.py --json docs/results/zero_shot.json",
+    ),
+    "tuning": lambda r: render_tuning(r / "tuning", load_result(r, "demo")),
+    "budget": lambda r: render_budget(r / "first_run", r / "budget", r / "spread_fp32"),
 }
