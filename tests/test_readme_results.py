@@ -234,7 +234,10 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     assert "7.5 min of training | seed 7, default look | 0, 1 | 27.00, 29.00" in cnn_row
     # 28 (the demo's lowest) is below 29 (the CNN's highest): rank-1 overlaps
     verdict = "seed 7, default look (3 demo runs, 2 CNN runs): every demo run above every "
-    assert verdict + "CNN run on mAP, mINP; the runs overlap on rank-1." in table
+    assert verdict + "CNN run on mAP, mINP; the runs overlap on rank-1; the demo's mean is " in (
+        table
+    )
+    assert "mean is ahead on rank-1, mAP, mINP." in table  # 30.33 > 28 on rank-1
     # the demo block's sentence: range 28-33, and a pair 1.5 apart is inside it
     from dclnet.reporting import render_demo
 
@@ -256,7 +259,8 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     )
     assert (
         "seed 7, default look (3 demo runs, 1 bfloat16 CNN run): every demo run above every "
-        "bfloat16 CNN run on mAP, mINP; every bfloat16 CNN run above every demo run on rank-1."
+        "bfloat16 CNN run on mAP, mINP; every bfloat16 CNN run above every demo run on "
+        "rank-1; the demo's mean is ahead on mAP, mINP and not ahead on rank-1."
     ) in table
     old = tmp_path / "old"
     old.mkdir()

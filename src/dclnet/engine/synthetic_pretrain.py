@@ -337,8 +337,9 @@ def pretrain_backbone(
     then uses the weights with its own last stride, as it does ImageNet's. ``seed`` changes
     the initialisation, the batches and the augmentation draws, never the population (0:
     the original recipe's draws). ``bf16`` runs the network's forward pass under CPU
-    bfloat16 autocast (losses in float32): about twice as fast on a CPU with native bf16
-    math (:func:`native_cpu_bf16`), slower where it is emulated.
+    bfloat16 autocast (losses in float32): a step 12-36 % faster on a CPU with native bf16
+    math (:func:`native_cpu_bf16`; ``benchmarks/bench_pretrain.py``), slower where it is
+    emulated.
 
     Returns:
         The backbone's state dict with torchvision key names (``fc.*`` dropped).

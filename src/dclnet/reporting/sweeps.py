@@ -110,6 +110,16 @@ def render_spread(
             else "",
             f"the runs overlap on {', '.join(overlap)}" if overlap else "",
         ]
+        mean_ahead = [n for n, k in metrics if statistics.mean(d[k]) > statistics.mean(c[k])]
+        mean_behind = [n for n, _ in metrics if n not in mean_ahead]
+        parts.append(
+            "the demo's mean is "
+            + " and ".join(
+                f"{word} on {', '.join(names)}"
+                for word, names in (("ahead", mean_ahead), ("not ahead", mean_behind))
+                if names
+            )
+        )
         runs_of = f"{_runs(len(demo), 'demo')}, {_runs(len(cnn), short)}"
         verdicts.append(f"{set_label} ({runs_of}): " + "; ".join(p for p in parts if p))
     everything = [r for sets in runs.values() for records in sets.values() for r in records]
