@@ -159,15 +159,6 @@ SYSU_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", SYSU_CASES)
-def test_sysu_tree(case, sysu_root, tmp_path, capsys):
-    features = good_features("sysu", sysu_root, tmp_path / "f.npz")
-    root = Path(shutil.copytree(sysu_root, tmp_path / "sysu"))
-    needle = _break_sysu(case, root)
-    status = main(evaluate_argv("sysu", root, features))
-    one_error_line(capsys, status, needle)
-
-
 def _break_regdb(case: str, root: Path) -> str:
     index = root / "idx" / "test_thermal_1.txt"
     lines = index.read_text().splitlines()
@@ -183,12 +174,20 @@ def _break_regdb(case: str, root: Path) -> str:
     return f"{index}:{len(lines) + 1}: {first} is listed again (first on line 1)"
 
 
-@pytest.mark.parametrize("case", ["index file not UTF-8", "superscript label", "duplicated lines"])
-def test_regdb_lists(case, regdb_root, tmp_path, capsys):
-    features = good_features("regdb", regdb_root, tmp_path / "f.npz")
-    root = Path(shutil.copytree(regdb_root, tmp_path / "regdb"))
-    needle = _break_regdb(case, root)
-    status = main(evaluate_argv("regdb", root, features))
+REGDB_CASES = ["index file not UTF-8", "superscript label", "duplicated lines"]
+BREAKERS = {"sysu": _break_sysu, "regdb": _break_regdb}
+
+
+@pytest.mark.parametrize(
+    "dataset, case", [("sysu", c) for c in SYSU_CASES] + [("regdb", c) for c in REGDB_CASES]
+)
+def test_broken_tree(dataset, case, request, tmp_path, capsys):
+    """A SYSU-MM01 tree or RegDB index broken one way: one error line naming the place."""
+    good = request.getfixturevalue(f"{dataset}_root")
+    features = good_features(dataset, good, tmp_path / "f.npz")
+    root = Path(shutil.copytree(good, tmp_path / dataset))
+    needle = BREAKERS[dataset](case, root)
+    status = main(evaluate_argv(dataset, root, features))
     one_error_line(capsys, status, needle)
 
 
