@@ -30,6 +30,7 @@ from dclnet.data.datasets import load_eval_data
 from dclnet.engine.runs import machine_info
 from dclnet.engine.synthetic_pretrain import synthetic_backbone
 from dclnet.evaluation.protocols import evaluate_splits, write_json
+from dclnet.models.pooling import gem
 from dclnet.models.resnet import build_resnet
 
 # name -> (model.pretrain_amp, model.pretrain_steps)
@@ -47,8 +48,7 @@ def gem_features(backbone: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """``N x H x W x 3`` uint8 -> ``N x C`` L2-normalised GeM (p = 3) features."""
     x = test_transform(torch.from_numpy(images))
     maps = torch.cat([backbone.forward_features(x[i : i + 128]) for i in range(0, len(x), 128)])
-    pooled = maps.clamp_min(1e-6).pow(3).mean((2, 3)).pow(1 / 3)
-    return F.normalize(pooled, dim=1).numpy()
+    return F.normalize(gem(maps, 3.0), dim=1).numpy()
 
 
 def score(path: Path, seeds: list[int]) -> dict:
