@@ -198,6 +198,33 @@ def test_demo_block_measures_the_summation_order_spread():
     assert "summation order" not in render_demo(_demo_record(40.0))
 
 
+def test_demo_block_reports_the_command_on_other_cpus():
+    """The README command run on another machine: its numbers, its whole time and pretraining,
+    the 10-minute target named when a first run missed it, the gap to the main record."""
+    import pytest
+
+    from dclnet.reporting import render_demo
+
+    main = _first_run_record(30.0, 150.0)
+    main["command"] = "dclnet demo"
+    slow = {**_first_run_record(34.5, 430.0), "command": "dclnet demo", "seconds": 700.0}
+    slow["cpu"], slow["cpu_capability"] = "Intel(R) Xeon(R) Processor", "AVX512"
+    block = render_demo(main, elsewhere=[slow])
+    sentence = next(x for x in block.splitlines() if x.startswith("The same command on"))
+    assert "(Intel(R) Xeon(R) Processor, AVX512 kernels)" in sentence
+    assert "34.50 / 2.00 / 1.00 and took 11.7 min, of which 7.2 min pretraining in float32" in (
+        sentence
+    )
+    assert sentence.endswith(
+        "(over the 10-minute target): 4.5 rank-1 and 0.0 mAP points from the run above."
+    )
+    quick = {**slow, "seconds": 420.0}
+    assert "10-minute" not in render_demo(main, elsewhere=[quick])
+    assert "The same command" not in render_demo(main)
+    with pytest.raises(ValueError, match="demo_cpus.*not the README's"):
+        render_demo(main, elsewhere=[{**slow, "command": "dclnet demo train.seed=1"}])
+
+
 def _seeded(record: dict, seed: int) -> dict:
     return {**record, "config": {**record["config"], "train": {"seed": seed}}}
 
@@ -245,7 +272,7 @@ def test_seed_spread_table_and_demo_sentence(tmp_path):
     pair = [_demo_record(31.0), {**_demo_record(29.5), "threads": 1}]
     block = render_demo(_demo_record(40.0), pair, seeds)
     assert "training seeds 0, 1, 2 of the recipe" in block and "rank-1 28.00–33.00" in block
-    assert "the two runs above differ by less than the seeds do." in block
+    assert "the two float32 runs above differ by less than the seeds do." in block
     pair[1]["dclnet"] = {"mean": {"rank1": 20.0, "mAP": 2.0, "mINP": 1.0}}
     assert "differ by more than the seeds do." in render_demo(_demo_record(40.0), pair, seeds)
     # the CNN in bfloat16 gets its own rows and verdict; an archived recipe's folder takes

@@ -416,11 +416,70 @@ def test_pretrain_amp_bfloat16_is_its_own_cache_file_and_trains(tmp_path, monkey
 
     # bfloat16 autocast runs on any CPU (emulated where not native) and its weights are
     # float32, not equal to the float32 run's after the same two steps
+    # (64 x 32: on one Intel Xeon with AMX, bfloat16 steps at 32 x 16 turned NaN after an
+    # earlier float32 pretraining in the same process; the next test's guard stops such a run)
     kw = dict(ids=6, steps=2, progress=False)
-    fp32 = synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), **kw)
-    bf16 = synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), bf16=True, **kw)
+    fp32 = synthetic_pretrain.pretrain_backbone("resnet18", (64, 32), **kw)
+    bf16 = synthetic_pretrain.pretrain_backbone("resnet18", (64, 32), bf16=True, **kw)
     key = "layer1.0.conv1.weight"
     assert bf16[key].dtype == torch.float32 and torch.isfinite(bf16[key]).all()
     assert not torch.equal(fp32[key], bf16[key])
-    path = synthetic_backbone("resnet18", (32, 16), tmp_path, amp="bfloat16", **kw)
+    path = synthetic_backbone("resnet18", (64, 32), tmp_path, amp="bfloat16", **kw)
     assert path.name.endswith("-bf16-v1.pt") and path.is_file()
+
+
+def test_pretrain_amp_auto_times_both_and_reuses_either_cached_file(tmp_path, monkeypatch):
+    """``auto`` takes bfloat16 only where the CPU has the instructions *and* a timing of both
+    finds it faster; a backbone cached in either arithmetic is reused without timing."""
+    from dclnet.engine import synthetic_pretrain
+    from dclnet.engine.synthetic_pretrain import pretrained_path, synthetic_backbone
+
+    calls = []
+
+    def measure(answer):
+        return lambda: calls.append(answer) or answer
+
+    monkeypatch.setattr(synthetic_pretrain, "native_cpu_bf16", lambda: True)
+    assert synthetic_pretrain.resolve_pretrain_amp("auto", measure(False)) is False
+    assert synthetic_pretrain.resolve_pretrain_amp("auto", measure(True)) is True
+    assert synthetic_pretrain.resolve_pretrain_amp("off", measure(True)) is False
+    assert calls == [False, True]  # "off" never times
+    monkeypatch.setattr(synthetic_pretrain, "native_cpu_bf16", lambda: False)
+    assert synthetic_pretrain.resolve_pretrain_amp("auto", measure(True)) is False
+    assert calls == [False, True]  # no native bf16: no timing either
+
+    # the real timing runs and answers (which answer depends on the CPU)
+    assert synthetic_pretrain.bf16_step_faster("resnet18", (32, 16), batch_size=4, repeats=1) in (
+        True,
+        False,
+    )
+
+    # auto: a cached file of either arithmetic is used as it is, whatever the timing says
+    monkeypatch.setattr(synthetic_pretrain, "native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(
+        synthetic_pretrain, "bf16_step_faster", lambda *a, **k: pytest.fail("timed again")
+    )
+    kw = dict(ids=6, steps=2)
+    for bf16 in (False, True):
+        path = pretrained_path(tmp_path / str(bf16), "resnet18", (32, 16), 2, 6, 2, bf16=bf16)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"cached")
+        found = synthetic_backbone("resnet18", (32, 16), tmp_path / str(bf16), amp="auto", **kw)
+        assert found == path
+    # with nothing cached, the timing decides which file is written
+    monkeypatch.setattr(synthetic_pretrain, "bf16_step_faster", lambda *a, **k: False)
+    made = synthetic_backbone(
+        "resnet18", (32, 16), tmp_path / "new", amp="auto", progress=False, **kw
+    )
+    assert made.is_file() and not made.name.endswith("-bf16-v1.pt")
+
+
+def test_a_non_finite_loss_stops_the_pretraining_before_anything_is_cached(tmp_path):
+    from dclnet.engine.synthetic_pretrain import synthetic_backbone
+
+    kw = dict(ids=6, steps=3, progress=False, lr=1e30)  # the first step overflows the weights
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 2 of 3; lower model"):
+        synthetic_backbone("resnet18", (32, 16), tmp_path, **kw)
+    assert not list(tmp_path.rglob("*.pt"))  # nothing cached
+    with pytest.raises(FloatingPointError, match=r"under bfloat16 autocast.*pretrain_amp=off"):
+        synthetic_backbone("resnet18", (32, 16), tmp_path, amp="bfloat16", **kw)

@@ -443,12 +443,13 @@ def run_demo(
 
 
 def _pretrain_bf16(cfg: Config) -> bool:
-    """Whether this run's synthetic backbone is (or would be) pretrained in bfloat16."""
+    """Whether this run's synthetic backbone (made by :func:`_pretrain_once`) is the bfloat16
+    one: its cache file says so (``model.pretrain_amp=auto`` decides by a timing)."""
     if cfg.model.pretrained != "synthetic":
         return False
-    from dclnet.engine.synthetic_pretrain import resolve_pretrain_amp
+    from dclnet.engine.synthetic_pretrain import RECIPE_VERSION
 
-    return resolve_pretrain_amp(cfg.model.pretrain_amp)
+    return Path(pretrained_weights(cfg)).stem.endswith(f"-bf16-v{RECIPE_VERSION}")
 
 
 def _pretrain_once(cfg: Config) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +57,67 @@ PRETRAIN_AMPS = ("off", "auto", "bfloat16")  # model.pretrain_amp
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX tiles), so
-    that bfloat16 autocast makes the pretraining faster rather than slower."""
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX tiles): without them
+    bfloat16 is emulated and slower; with them it may still be slower
+    (:func:`bf16_step_faster` decides ``model.pretrain_amp=auto``)."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a PyTorch without these queries: assume emulation
         return False
 
 
-def resolve_pretrain_amp(amp: str) -> bool:
+def resolve_pretrain_amp(amp: str, measure: Callable[[], bool] | None = None) -> bool:
     """Whether the pretraining runs under CPU bfloat16 autocast (``model.pretrain_amp``):
-    ``off`` never, ``bfloat16`` always, ``auto`` where :func:`native_cpu_bf16`."""
+    ``off`` never, ``bfloat16`` always, ``auto`` where :func:`native_cpu_bf16` and then, when
+    given, ``measure()`` (a timing of both arithmetics, :func:`bf16_step_faster`) says so:
+    native bf16 instructions do not make every CPU's steps faster."""
     if amp not in PRETRAIN_AMPS:
         raise ConfigError(f"model.pretrain_amp={amp!r}: use one of {', '.join(PRETRAIN_AMPS)}")
-    return amp == "bfloat16" or (amp == "auto" and native_cpu_bf16())
+    if amp != "auto":
+        return amp == "bfloat16"
+    return native_cpu_bf16() and (measure is None or measure())
+
+
+def bf16_step_faster(
+    arch: str,
+    size: tuple[int, int],
+    layer3_stride: int = 2,
+    last_stride: int = 1,
+    batch_size: int = 64,
+    repeats: int = 3,
+) -> bool:
+    """Time a pretraining step on random images in float32 and under bfloat16 autocast,
+    interleaved (a warm-up step each, then ``repeats`` rounds; the fastest of each) so that a
+    machine whose speed drifts treats both alike, and say whether bfloat16 is at least 5 %
+    faster. A few seconds, against minutes of pretraining: on one 2-core Intel Xeon with
+    AVX512-BF16 and AMX the bfloat16 step was 20-30 % *slower* (benchmarks/bench_pretrain.py
+    times both everywhere)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _Classifier(arch, layer3_stride, 512, last_stride=last_stride).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the step's cost, not its effect
+        x, y = torch.randn(batch_size, 3, *size), torch.randint(0, 512, (batch_size,))
+        best = {False: math.inf, True: math.inf}
+        for round_ in range(1 + repeats):
+            for bf16 in (False, True):
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(x)[0]
+                loss = F.cross_entropy(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if round_:  # round 0 warms both up
+                    best[bf16] = min(best[bf16], time.perf_counter() - start)
+    faster = best[True] < 0.95 * best[False]
+    logger.info(
+        "model.pretrain_amp=auto: a pretraining step takes %.2f s in float32 and %.2f s in "
+        "bfloat16 on this CPU: pretraining in %s",
+        best[False],
+        best[True],
+        "bfloat16" if faster else "float32",
+    )
+    return faster
 
 
 def pretrained_path(
@@ -419,11 +467,23 @@ def pretrain_backbone(
                 fg = (target > 0).float()[:, None]
                 share = F.adaptive_avg_pool2d(fg, id_cells.shape[-2:])[:, 0]
                 loss = loss + local * local_identity_loss(id_cells.float(), y.long(), share)
+        value = loss.item()  # the progress bar shows it anyway: no extra sync
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"synthetic pretraining: the loss became {value} at step {step + 1} of {steps}"
+                + (
+                    " under bfloat16 autocast (model.pretrain_amp); on this CPU pretrain in "
+                    "float32: model.pretrain_amp=off"
+                    if bf16
+                    else "; lower model.pretrain_lr"
+                )
+                + " (nothing was cached)"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.set_postfix(loss=f"{value:.3f}", refresh=False)
     state = model.backbone.state_dict()
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
@@ -449,14 +509,26 @@ def synthetic_backbone(
     """Path of the cached synthetic-pretrained backbone; trains and caches it when missing.
 
     ``amp`` (``model.pretrain_amp``) picks the arithmetic (:func:`resolve_pretrain_amp`); a
-    bfloat16 backbone is its own cache file. The file is written atomically (temp file, then
+    bfloat16 backbone is its own cache file. ``auto`` takes a backbone cached in either
+    arithmetic (bfloat16 first); with none, it times both (:func:`bf16_step_faster`) where
+    the CPU has native bfloat16 instructions. The file is written atomically (temp file, then
     rename), so an interrupted pretraining leaves nothing that a later run would load.
     """
-    bf16 = resolve_pretrain_amp(amp)
-    path = pretrained_path(
-        cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local, style, lr,
-        last_stride, seed, bf16,
-    )  # fmt: skip
+
+    def path_for(bf16: bool) -> Path:
+        return pretrained_path(
+            cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local, style, lr,
+            last_stride, seed, bf16,
+        )  # fmt: skip
+
+    if amp == "auto":  # a backbone cached in either arithmetic serves: never pretrain twice
+        for bf16 in (True, False):
+            if path_for(bf16).is_file():
+                return path_for(bf16)
+    bf16 = resolve_pretrain_amp(
+        amp, lambda: bf16_step_faster(arch, size, layer3_stride, last_stride)
+    )
+    path = path_for(bf16)
     if path.is_file():
         return path
     logger.info(

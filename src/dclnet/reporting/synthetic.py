@@ -33,6 +33,35 @@ def _threads_pair(results: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in found] if len(found) == 2 else []
 
 
+def _other_cpus(results: Path) -> list[dict[str, Any]]:
+    """The README's demo command run on other machines, each on an empty cache
+    (``demo_cpus/*.json``, ``dclnet demo --json ...`` there), in name order."""
+    return [json.loads(p.read_text()) for p in sorted((results / "demo_cpus").glob("*.json"))]
+
+
+def _elsewhere(record: dict[str, Any], other: dict[str, Any]) -> str:
+    """One sentence: ``other`` (the same command on another machine) against ``record``."""
+    a, b = record["dclnet"]["mean"], other["dclnet"]["mean"]
+    total, pre = other["seconds"], other.get("pretrain_seconds", 0.0)
+    if other["command"] != record["command"]:
+        raise ValueError(
+            f"docs/results/demo_cpus: a record of {other['command']!r}, not the README's "
+            f"{record['command']!r}; keep only runs of the same command there"
+        )
+    target = " (over the 10-minute target)" if pre > 0 and total > 600 else ""
+    arithmetic = "bfloat16" if other.get("pretrain_bf16") else "float32"
+    cache = (
+        f", of which {pre / 60:.1f} min pretraining in {arithmetic}"
+        if pre > 0
+        else " (backbone cached)"
+    )
+    return (
+        f"The same command on {where(other)} printed rank-1 / mAP / mINP {mean_cells(b)} and took "
+        f"{total / 60:.1f} min{cache}{target}: {abs(a['rank1'] - b['rank1']):.1f} rank-1 and "
+        f"{abs(a['mAP'] - b['mAP']):.1f} mAP points from the run above."
+    )
+
+
 def _what_changed(pair: list[dict[str, Any]]) -> str:
     """How the two runs of ``pair`` differ: the CPU, the thread count or both."""
     if not all("cpu" in r for r in pair):
@@ -48,8 +77,10 @@ def render_demo(
     record: dict[str, Any],
     pair: list[dict[str, Any]] | None = None,
     seeds: list[dict[str, Any]] | None = None,
+    elsewhere: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The demo's printed summary, with the command, machine and wall time; with ``pair``
+    """The demo's printed summary, with the command, machine and wall time; with ``elsewhere``
+    (the same command on other machines), what each printed and how long it took; with ``pair``
     (one recipe and set run on two CPUs or thread counts), how far another summation order
     moved the numbers; with ``seeds`` (the recipe on one set with several training seeds, one
     machine), the range they spanned."""
@@ -62,6 +93,7 @@ def render_demo(
         "",
         f"`{record['command']}` on {where(record)}: " + _demo_time(record),
     ]
+    lines += [line for other in elsewhere or [] for line in ("", _elsewhere(record, other))]
     if pair:
         a, b = (r["dclnet"]["mean"] for r in pair)
         threads = [r["threads"] for r in pair]
@@ -92,9 +124,9 @@ def render_demo(
             a, b = (r["dclnet"]["mean"] for r in pair)
             inside = all(abs(a[k] - b[k]) <= hi[k] - lo[k] for k in ("rank1", "mAP"))
             text += (
-                ": the two runs above differ by less than the seeds do."
+                ": the two float32 runs above differ by less than the seeds do."
                 if inside
-                else ": the two runs above differ by more than the seeds do."
+                else ": the two float32 runs above differ by more than the seeds do."
             )
         else:
             text += "."
@@ -254,6 +286,7 @@ SECTIONS = {
         load_result(r, "demo"),
         _threads_pair(r),
         spread_runs(r / "first_run", r / "spread")["demo"].get("seed7"),
+        _other_cpus(r),
     ),
     "comparison": lambda r: render_comparison(
         [load_result(r, "demo_seed7"), load_result(r, "demo_seed7_500steps")],
