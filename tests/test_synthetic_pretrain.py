@@ -476,10 +476,11 @@ def test_pretrain_amp_auto_times_both_and_reuses_either_cached_file(tmp_path, mo
 
 def test_a_non_finite_loss_stops_the_pretraining_before_anything_is_cached(tmp_path):
     from dclnet.engine.synthetic_pretrain import synthetic_backbone
+    from dclnet.errors import NonFiniteLossError
 
     kw = dict(ids=6, steps=3, progress=False, lr=1e30)  # the first step overflows the weights
-    with pytest.raises(FloatingPointError, match=r"loss became nan at step 2 of 3; lower model"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 2 of 3; lower model"):
         synthetic_backbone("resnet18", (32, 16), tmp_path, **kw)
     assert not list(tmp_path.rglob("*.pt"))  # nothing cached
-    with pytest.raises(FloatingPointError, match=r"under bfloat16 autocast.*pretrain_amp=off"):
+    with pytest.raises(NonFiniteLossError, match=r"under bfloat16 autocast.*pretrain_amp=off"):
         synthetic_backbone("resnet18", (32, 16), tmp_path, amp="bfloat16", **kw)

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from dclnet.data.augment import AugmentConfig, augment_batch
 from dclnet.data.records import INFRARED, VISIBLE
 from dclnet.data.sources.synthetic_render import PART_NAMES
-from dclnet.errors import ConfigError
+from dclnet.errors import ConfigError, NonFiniteLossError
 from dclnet.fileio import atomic_write
 from dclnet.models.pooling import GeM
 from dclnet.models.resnet import build_resnet
@@ -469,7 +469,7 @@ def pretrain_backbone(
                 loss = loss + local * local_identity_loss(id_cells.float(), y.long(), share)
         value = loss.item()  # the progress bar shows it anyway: no extra sync
         if not math.isfinite(value):
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"synthetic pretraining: the loss became {value} at step {step + 1} of {steps}"
                 + (
                     " under bfloat16 autocast (model.pretrain_amp); on this CPU pretrain in "
