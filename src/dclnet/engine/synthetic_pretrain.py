@@ -90,7 +90,7 @@ def bf16_step_faster(
     interleaved (a warm-up step each, then ``repeats`` rounds; the fastest of each) so that a
     machine whose speed drifts treats both alike, and say whether bfloat16 is at least 5 %
     faster. A few seconds, against minutes of pretraining: on one 2-core Intel Xeon with
-    AVX512-BF16 and AMX the bfloat16 step was 20-30 % *slower* (benchmarks/bench_pretrain.py
+    AVX512-BF16 and AMX the bfloat16 step was 15-30 % *slower* (benchmarks/bench_pretrain.py
     times both everywhere)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
