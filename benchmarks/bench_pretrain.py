@@ -22,14 +22,13 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def step_seconds(
     size: tuple[int, int], channels_last: bool, steps: int, last_stride: int = 1, bf16: bool = False
 ) -> float:
     """Median seconds of one training step of the pretraining classifier at ``size``."""
-    from dclnet.engine.synthetic_pretrain import _Classifier
+    from dclnet.engine.synthetic_pretrain import _Classifier, timed_step
 
     torch.manual_seed(0)
     model = _Classifier("resnet18", 2, 512, last_stride=last_stride).train()
@@ -39,18 +38,8 @@ def step_seconds(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for i in range(3 + steps):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)[0]
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [timed_step(model, opt, x, y, bf16) for _ in range(3 + steps)]
+    return statistics.median(times[3:])  # after 3 warm-up steps
 
 
 def render_seconds(size: tuple[int, int], style: str) -> float:
