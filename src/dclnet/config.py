@@ -81,7 +81,8 @@ class ModelConfig:
     pretrain_shift: int = 0  # pretrained=synthetic: move people up to this many px sideways
     pretrain_parts: float = 0.0  # pretrained=synthetic: weight of the per-cell part-mix task
     pretrain_local: float = 0.0  # pretrained=synthetic: weight of the per-cell identity task
-    pretrain_steps: int = 500  # pretrained=synthetic: pretraining steps (64 images each)
+    pretrain_steps: int = 500  # pretrained=synthetic: pretraining steps
+    pretrain_batch: int = 64  # pretrained=synthetic: images per pretraining step
     pretrain_size: tuple[int, int] | None = None  # pretrained=synthetic: [H, W]; null = data size
     pretrain_ids: int = 512  # pretrained=synthetic: people in the pretraining population
     pretrain_style: str = "default"  # pretrained=synthetic: that population's look
@@ -224,6 +225,7 @@ _RANGES: dict[str, tuple] = {
     "model.pretrain_shift": (0, None),
     "model.pretrain_parts": (0, None),
     "model.pretrain_steps": (1, None),
+    "model.pretrain_batch": (2, None),
     "model.pretrain_local": (0, None),
     "model.pretrain_size": (16, None),
     "model.pretrain_ids": (3, None),

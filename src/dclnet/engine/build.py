@@ -93,6 +93,7 @@ def pretrained_weights(cfg: Config) -> str | Path | None:
         layer3_stride=m.layer3_stride,
         ids=m.pretrain_ids,
         steps=m.pretrain_steps,
+        batch_size=m.pretrain_batch,
         shift=m.pretrain_shift,
         parts=m.pretrain_parts,
         local=m.pretrain_local,

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 PRETRAIN_SEED = 1_000_003  # population seed: other people than any small data.synthetic_seed
 RECIPE_VERSION = 1  # bump when the pretraining recipe changes (new cache file)
 DEFAULT_LR = 1e-3  # Adam's peak learning rate (model.pretrain_lr)
+DEFAULT_BATCH = 64  # images per pretraining step (model.pretrain_batch)
 PRETRAIN_AMPS = ("off", "auto", "bfloat16")  # model.pretrain_amp
 
 
@@ -144,6 +145,7 @@ def pretrained_path(
     last_stride: int = 1,
     seed: int = 0,
     bf16: bool = False,
+    batch_size: int = DEFAULT_BATCH,
 ) -> Path:
     """Cache file of one pretraining recipe (a setting at its default adds nothing to the
     name, so files written before the setting existed keep their names)."""
@@ -155,6 +157,7 @@ def pretrained_path(
     parsed += f"-lr{lr:g}" if lr != DEFAULT_LR else ""
     parsed += f"-ls{last_stride}" if last_stride != 1 else ""
     parsed += f"-seed{seed}" if seed else ""
+    parsed += f"-b{batch_size}" if batch_size != DEFAULT_BATCH else ""
     parsed += "-bf16" if bf16 else ""
     name = f"synthetic-{arch}-{h}x{w}-s3{layer3_stride}-{ids}ids-{steps}steps{moved}{parsed}"
     return Path(cache_dir) / "pretrained" / f"{name}-v{RECIPE_VERSION}.pt"
@@ -367,7 +370,7 @@ def pretrain_backbone(
     layer3_stride: int = 2,
     ids: int = 512,
     steps: int = 500,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH,
     lr: float = DEFAULT_LR,
     shift: int = 0,
     parts: float = 0.0,
@@ -505,6 +508,7 @@ def synthetic_backbone(
     layer3_stride: int = 2,
     ids: int = 512,
     steps: int = 500,
+    batch_size: int = DEFAULT_BATCH,
     shift: int = 0,
     parts: float = 0.0,
     local: float = 0.0,
@@ -527,7 +531,7 @@ def synthetic_backbone(
     def path_for(bf16: bool) -> Path:
         return pretrained_path(
             cache_dir, arch, size, layer3_stride, ids, steps, shift, parts, local, style, lr,
-            last_stride, seed, bf16,
+            last_stride, seed, bf16, batch_size,
         )  # fmt: skip
 
     if amp == "auto":  # a backbone cached in either arithmetic serves: never pretrain twice
@@ -535,18 +539,19 @@ def synthetic_backbone(
             if path_for(bf16).is_file():
                 return path_for(bf16)
     bf16 = resolve_pretrain_amp(
-        amp, lambda: bf16_step_faster(arch, size, layer3_stride, last_stride)
+        amp, lambda: bf16_step_faster(arch, size, layer3_stride, last_stride, batch_size)
     )
     path = path_for(bf16)
     if path.is_file():
         return path
     logger.info(
         "model.pretrained=synthetic: pretraining %s on %d other synthetic people (%s look) "
-        "for %d steps%s (once; cached as %s, listed by `dclnet cache list`)",
+        "for %d steps of %d images%s (once; cached as %s, listed by `dclnet cache list`)",
         arch,
         ids,
         style,
         steps,
+        batch_size,
         " in bfloat16 (native on this CPU)" if bf16 and native_cpu_bf16() else
         " in bfloat16" if bf16 else "",
         path,
@@ -558,6 +563,7 @@ def synthetic_backbone(
         layer3_stride=layer3_stride,
         ids=ids,
         steps=steps,
+        batch_size=batch_size,
         shift=shift,
         parts=parts,
         local=local,
