@@ -484,3 +484,37 @@ def test_a_non_finite_loss_stops_the_pretraining_before_anything_is_cached(tmp_p
     assert not list(tmp_path.rglob("*.pt"))  # nothing cached
     with pytest.raises(NonFiniteLossError, match=r"under bfloat16 autocast.*pretrain_amp=off"):
         synthetic_backbone("resnet18", (32, 16), tmp_path, amp="bfloat16", **kw)
+
+
+def test_pretrain_batch_is_the_cache_key_and_the_images_per_step(tmp_path, monkeypatch):
+    from dclnet.config import load_config
+    from dclnet.engine import build
+    from dclnet.errors import ConfigError
+
+    plain = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800)
+    assert pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, batch_size=64) == plain
+    small = pretrained_path(tmp_path, "resnet18", (64, 32), 2, 512, 800, batch_size=32)
+    assert small.name == "synthetic-resnet18-64x32-s32-512ids-800steps-b32-v1.pt"
+
+    sizes = []
+    real = synthetic_pretrain._batch
+
+    def spy(images, labels, infrared, rng, size):
+        sizes.append(size)
+        return real(images, labels, infrared, rng, size)
+
+    monkeypatch.setattr(synthetic_pretrain, "_batch", spy)
+    cfg = load_config(None, ["model.pretrained=synthetic", "model.arch=resnet18",
+                             f"data.cache_dir={tmp_path}", "data.height=32", "data.width=16",
+                             "model.pretrain_ids=6", "model.pretrain_steps=2",
+                             "model.pretrain_batch=5"])  # fmt: skip
+    path = build.pretrained_weights(cfg)
+    assert sizes == [5, 5] and path.name.endswith("-b5-v1.pt") and path.is_file()
+
+    with pytest.raises(ConfigError, match=r"model.pretrain_batch=32 applies only to model.pre"):
+        build.check_weights(load_config(None, ["model.pretrained=null", "model.pretrain_batch=32"]))
+    with pytest.raises(ConfigError, match="model.pretrain_batch"):
+        load_config(None, ["model.pretrain_batch=1"])
+    with pytest.raises(ConfigError, match=r"model.pretrain_batch=10000 is more than the \d+ im"):
+        synthetic_pretrain.pretrain_backbone("resnet18", (32, 16), ids=6, steps=1,
+                                             batch_size=10_000, progress=False)  # fmt: skip

@@ -132,6 +132,7 @@ def check_weights(cfg: Config) -> None:
         ("pretrain_style", m.pretrain_style, "default"),
         ("pretrain_last_stride", m.pretrain_last_stride, 1),
         ("pretrain_seed", m.pretrain_seed, 0),
+        ("pretrain_batch", m.pretrain_batch, 64),
         ("pretrain_amp", m.pretrain_amp, "off"),
     ):
         if value != default:

@@ -420,6 +420,12 @@ def pretrain_backbone(
     images = syn.images[keep]
     labels = np.searchsorted(syn.train_ids, np.array([r.label for r in syn.records])[keep])
     infrared = np.array([r.modality == INFRARED for r in syn.records])[keep]
+    if batch_size > len(images):
+        raise ConfigError(
+            f"model.pretrain_batch={batch_size} is more than the {len(images)} images of the "
+            f"pretraining population (model.pretrain_ids={ids}): lower model.pretrain_batch "
+            "or raise model.pretrain_ids"
+        )
     maps = bool(parts or local)
     part_maps = syn.parts[keep] if maps else None
     torch.manual_seed(PRETRAIN_SEED + seed)
