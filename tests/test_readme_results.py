@@ -166,7 +166,8 @@ def test_first_run_table_follows_its_files(tmp_path):
     (folder / "cnn-heldout.json").write_text(json.dumps(cnn))
     table = render_first_run(folder)
     row = next(x for x in table.splitlines() if "`s64-wide`" in x)
-    assert "64 × 32, 800 steps, lr 0.001, 512 people, wide look | 8.0 min | 4.0 min" in row
+    recipe = "64 × 32, 800 steps × 64 images, lr 0.001, 512 people, wide look"
+    assert f"{recipe} | 8.0 min | 4.0 min" in row
     assert row.endswith("| 30.00 / 2.00 / 1.00 | not run |")  # no held-out file yet
     cnn_row = next(x for x in table.splitlines() if "small CNN" in x)
     assert "| 8.0 min of training | – | " in cnn_row  # then the CPU and threads it ran on
@@ -375,3 +376,45 @@ def test_zero_shot_table_gives_each_backbones_mean_and_sets():
         table
     )
     assert "synthetic seeds 0, 1 (the tuning sets)" in table and "`a-bf16-v1.pt`" in table
+
+
+def test_earlier_demo_recipes_say_what_reproduces_them_today():
+    from dclnet.reporting.common import _demo_recipe, command_note, today_add
+
+    now = _demo_recipe()
+    then = {**now["optim"], "epochs": now["optim"]["epochs"] + 3}
+    record = {**_demo_record(30.0), "command": "dclnet demo data.synthetic_seed=7",
+              "config": {"model": {**now["model"]}, "optim": then}}  # fmt: skip
+    assert today_add(record) == f"optim.epochs={then['epochs']}"
+    del record["config"]["model"]["pretrain_batch"]  # ran before the setting: 64 images
+    added = today_add(record).split()
+    assert ("model.pretrain_batch=64" in added) == (now["model"]["pretrain_batch"] != 64)
+    assert added[-1] == f"optim.epochs={then['epochs']}"
+    assert f"(an earlier demo recipe: today add `{today_add(record)}`)" in command_note(record)
+    # an override in the command already says it; other commands and today's recipe: nothing
+    record["command"] += f" optim.epochs={then['epochs']}"
+    assert "optim.epochs" not in today_add(record)
+    assert today_add({**record, "command": "dclnet demo --config tiny"}) == ""
+    assert today_add({**_demo_record(1.0), "config": {k: now[k] for k in ("model", "optim")}}) == ""
+    assert today_add({"command": "python benchmarks/synthetic_gap.py", "mean": {}}) == ""
+
+
+def test_first_run_table_takes_the_cnn_from_the_spread_folder(tmp_path):
+    import json
+
+    from dclnet.reporting import render_first_run
+
+    folder, spread = tmp_path / "first_run", tmp_path / "spread"
+    folder.mkdir(), spread.mkdir()
+    record = _first_run_record(30.0, 240.0)
+    record["config"]["optim"] = {"epochs": 5}
+    (folder / "recipe-seed7.json").write_text(json.dumps(record))
+    cnn = {**_demo_record(0), "mean": {"rank1": 21.0, "mAP": 3.0, "mINP": 2.0},
+           "train_seconds": 480.0, "command": "python benchmarks/synthetic_gap.py"}  # fmt: skip
+    other = {**cnn, "mean": {**cnn["mean"], "rank1": 9.0}}
+    (spread / "cnn-seed7-train0.json").write_text(json.dumps(cnn))
+    (spread / "cnn-seed7-train1.json").write_text(json.dumps(other))
+    table = render_first_run(folder, spread)
+    assert "| DCLNet demo (`recipe`), 5 epochs |" in table
+    cnn_row = next(x for x in table.splitlines() if "small CNN" in x)
+    assert "21.00 / 3.00 / 2.00 | not run |" in cnn_row and "9.00" not in table

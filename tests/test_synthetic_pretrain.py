@@ -76,11 +76,12 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
     calls = []
 
     def fake(
-        arch, size, cache, *, layer3_stride, ids, steps, shift, parts, local, style, lr,
-        last_stride, seed, amp,
+        arch, size, cache, *, layer3_stride, ids, steps, batch_size, shift, parts, local, style,
+        lr, last_stride, seed, amp,
     ):  # fmt: skip
         calls.append((arch, size, cache, layer3_stride, ids, steps, shift, parts, local))
         assert (style, lr, last_stride, seed, amp) == ("heldout", 3e-3, 1, 4, "bfloat16")
+        assert batch_size == 48
         return tmp_path / "weights.pt"
 
     monkeypatch.setattr(synthetic_pretrain, "synthetic_backbone", fake)
@@ -90,7 +91,7 @@ def test_train_resolves_synthetic_to_the_cached_file(tmp_path, monkeypatch):
                              "model.pretrain_parts=0.5", "model.pretrain_steps=7",
                              "model.pretrain_local=2", "model.pretrain_style=heldout",
                              "model.pretrain_lr=3e-3", "model.pretrain_seed=4",
-                             "model.pretrain_amp=bfloat16"])  # fmt: skip
+                             "model.pretrain_amp=bfloat16", "model.pretrain_batch=48"])  # fmt: skip
     assert build.pretrained_weights(cfg) == tmp_path / "weights.pt"
     assert calls == [("resnet18", (64, 32), tmp_path, 1, 512, 7, 5, 0.5, 2.0)]
     assert build.pretrained_weights(load_config(None, ["model.pretrained=null"])) is None

@@ -4,6 +4,7 @@ reading a results file."""
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,55 @@ def or_not_run(results: Path, name: str, render, command: str) -> str:
     return render(load_result(results, name))
 
 
+# the demo recipe's settings that have changed since results were recorded, with the value a
+# record that predates the setting ran with (None: every record has it)
+_RECIPE_KEYS = (
+    ("model", "pretrain_steps", 500),
+    ("model", "pretrain_batch", 64),
+    ("optim", "epochs", None),
+    ("optim", "warmup_epochs", None),
+    ("optim", "milestones", None),
+)
+
+
+@lru_cache(maxsize=1)
+def _demo_recipe() -> dict[str, Any]:
+    import yaml
+
+    import dclnet
+
+    return yaml.safe_load((Path(dclnet.__file__).parent / "configs" / "demo.yaml").read_text())
+
+
+def _override(value: Any) -> str:
+    return f"[{','.join(str(v) for v in value)}]" if isinstance(value, list | tuple) else str(value)
+
+
+def today_add(record: dict[str, Any]) -> str:
+    """The overrides that make today's ``dclnet demo`` run what a ``dclnet demo`` record ran
+    under an earlier demo recipe (``""`` when nothing changed or the record is no demo run
+    of the bundled recipe)."""
+    command, config = record.get("command", ""), record.get("config")
+    if not command.startswith("dclnet demo") or "--config" in command or not config:
+        return ""
+    recipe, adds = _demo_recipe(), []
+    for section, key, before in _RECIPE_KEYS:
+        then = config.get(section, {}).get(key, before)
+        now = recipe[section].get(key)
+        if then is None or f"{section}.{key}=" in command:
+            continue
+        if _override(then) != _override(now):
+            adds.append(f"{section}.{key}={_override(then)}")
+    return " ".join(adds)
+
+
 def command_note(record: dict[str, Any]) -> str:
-    """A record's ``command`` in backticks, with what ran beside it or else its load average at
-    its end."""
+    """A record's ``command`` in backticks (with what an earlier demo recipe needs today,
+    :func:`today_add`), with what ran beside it or else its load average at its end."""
     load, beside = record.get("load_average"), record.get("beside")
+    text = f"`{record['command']}`"
+    if add := today_add(record):
+        text += f" (an earlier demo recipe: today add `{add}`)"
     if beside:
-        return f"`{record['command']}` ({beside})"
-    return f"`{record['command']}`" + (f" (load average {load[0]:.1f} at its end)" if load else "")
+        return f"{text} ({beside})"
+    return text + (f" (load average {load[0]:.1f} at its end)" if load else "")

@@ -193,7 +193,7 @@ def render_budget(first_run: Path, budget: Path, spread: Path) -> str:
     return "\n".join(lines)
 
 
-def render_tuning(tuning: Path, recipe: dict[str, Any] | None) -> str:
+def render_tuning(tuning: Path, recipe: dict[str, Any] | None, note: str | None = None) -> str:
     """The recipe's choices tried on synthetic seed 0 (the tuning set; seed 7 and the held-out
     look judge): ``recipe`` (the README's demo record: the recipe on seed 0) and
     ``tuning/*.json``, each a ``dclnet demo`` with its overrides."""
@@ -219,8 +219,11 @@ def render_tuning(tuning: Path, recipe: dict[str, Any] | None) -> str:
     lines += [
         "",
         f"Commands: {', '.join(command_note(r) for r in records)}; on {where(records[0])}. "
-        "`model.pretrain_amp=off` is the float32 pretraining (a cached backbone of that "
-        "recipe: its first run pretrained it).",
+        + (
+            note
+            or "`model.pretrain_amp=off` is the float32 pretraining (a cached backbone of that "
+            "recipe: its first run pretrained it)."
+        ),
     ]
     return "\n".join(lines)
 

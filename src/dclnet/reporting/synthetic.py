@@ -13,6 +13,7 @@ from dclnet.reporting.common import (
     mean_cells,
     metrics_line,
     or_not_run,
+    today_add,
     where,
 )
 from dclnet.reporting.sweeps import (
@@ -33,10 +34,33 @@ def _threads_pair(results: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in found] if len(found) == 2 else []
 
 
-def _other_cpus(results: Path) -> list[dict[str, Any]]:
+def _other_cpus(results: Path, folder: str = "demo_cpus") -> list[dict[str, Any]]:
     """The README's demo command run on other machines, each on an empty cache
-    (``demo_cpus/*.json``, ``dclnet demo --json ...`` there), in name order."""
-    return [json.loads(p.read_text()) for p in sorted((results / "demo_cpus").glob("*.json"))]
+    (``demo_cpus/*.json``, ``dclnet demo --json ...`` there; ``demo_cpus_b64/``: the recipe
+    before this one), in name order."""
+    return [json.loads(p.read_text()) for p in sorted((results / folder).glob("*.json"))]
+
+
+def _earlier_on_cpus(records: list[dict[str, Any]]) -> str:
+    """One paragraph: an earlier recipe's ``dclnet demo`` on several machines, each on an
+    empty cache: what each printed and how long it took."""
+    if not records:
+        return ""
+    runs = []
+    for r in records:
+        pre = r.get("pretrain_seconds", 0.0)
+        arithmetic = "bfloat16" if r.get("pretrain_bf16") else "float32"
+        runs.append(
+            f"on {where(r)} rank-1 / mAP / mINP {mean_cells(r['dclnet']['mean'])} in "
+            f"{r['seconds'] / 60:.1f} min ({pre / 60:.1f} min of it pretraining in {arithmetic})"
+        )
+    return (
+        f"The recipe before this one (today `dclnet demo {today_add(records[0])}`), each on an "
+        "empty cache: " + "; ".join(runs) + ". A wall time is one draw of the machine's speed "
+        "too: on one Xeon the same work took very different times within a session "
+        "([docs/synthetic.md](docs/synthetic.md#the-first-run-pretraining-variants-the-held-"
+        "out-look-and-a-small-plain-cnn))."
+    )
 
 
 def _elsewhere(record: dict[str, Any], other: dict[str, Any]) -> str:
@@ -78,6 +102,7 @@ def render_demo(
     pair: list[dict[str, Any]] | None = None,
     seeds: list[dict[str, Any]] | None = None,
     elsewhere: list[dict[str, Any]] | None = None,
+    earlier: list[dict[str, Any]] | None = None,
 ) -> str:
     """The demo's printed summary, with the command, machine and wall time; with ``elsewhere``
     (the same command on other machines), what each printed and how long it took; with ``pair``
@@ -94,6 +119,8 @@ def render_demo(
         f"`{record['command']}` on {where(record)}: " + _demo_time(record),
     ]
     lines += [line for other in elsewhere or [] for line in ("", _elsewhere(record, other))]
+    if earlier:
+        lines += ["", _earlier_on_cpus(earlier)]
     if pair:
         a, b = (r["dclnet"]["mean"] for r in pair)
         threads = [r["threads"] for r in pair]
@@ -202,7 +229,8 @@ def _pretraining(model: dict[str, Any], data: dict[str, Any], bf16: bool = False
     ``", bfloat16"`` when ``bf16``: the record's backbone was pretrained in bfloat16)."""
     size = model.get("pretrain_size") or [data["height"], data["width"]]
     return (
-        f"{size[0]} × {size[1]}, {model.get('pretrain_steps', 500)} steps, lr "
+        f"{size[0]} × {size[1]}, {model.get('pretrain_steps', 500)} steps × "
+        f"{model.get('pretrain_batch', 64)} images, lr "
         f"{model.get('pretrain_lr', 1e-3):g}, {model.get('pretrain_ids', 512)} people, "
         f"{model.get('pretrain_style', 'default')} look"
         + (", last stride 2" if model.get("pretrain_last_stride", 1) == 2 else "")
@@ -219,19 +247,25 @@ def _ran_on(record: dict[str, Any]) -> str:
     return f"{cpu}, {threads(record)}"
 
 
-def render_first_run(folder: Path) -> str:
+def render_first_run(folder: Path, cnn_folder: Path | None = None) -> str:
     """The first ``dclnet demo`` on an empty cache per pretraining variant, against the small
     CNN given that whole time, on synthetic seed 7 and on the held-out look.
 
     ``folder`` holds ``<variant>-seed7.json`` / ``<variant>-heldout.json``
     (``scripts/first_run.py``) and ``cnn-seed7.json`` / ``cnn-heldout.json``
-    (``benchmarks/synthetic_gap.py --protocol --json``).
+    (``benchmarks/synthetic_gap.py --protocol --json``) or, with ``cnn_folder``, the CNN's
+    training-seed-0 runs there (``cnn-<set>-train0.json``, ``scripts/seed_spread.py``).
     """
     runs: dict[str, dict[str, dict]] = {}
     for path in sorted(folder.glob("*.json")):
         name, _, which = path.stem.rpartition("-")
         runs.setdefault(name, {})[which] = json.loads(path.read_text())
     cnn = runs.pop("cnn", {})
+    if cnn_folder is not None:
+        for which in ("seed7", "heldout"):
+            path = cnn_folder / f"cnn-{which}-train0.json"
+            if path.is_file():
+                cnn[which] = json.loads(path.read_text())
     lines = [
         "| model | synthetic pretraining | whole command | of it pretraining | ran on "
         "| seed 7: rank-1 / mAP / mINP | held-out look: rank-1 / mAP / mINP |",
@@ -245,9 +279,11 @@ def render_first_run(folder: Path) -> str:
         cells = [mean_cells(sets[s]["dclnet"]["mean"]) if s in sets else "not run"
                  for s in ("seed7", "heldout")]  # fmt: skip
         pre = first.get("pretrain_seconds", 0)
+        epochs = cfg.get("optim", {}).get("epochs")
+        epochs = f", {epochs} epochs" if epochs else ""
         recipe = _pretraining(cfg["model"], cfg["data"], first.get("pretrain_bf16", False))
         lines.append(
-            f"| DCLNet demo (`{name}`) | {recipe} | "
+            f"| DCLNet demo (`{name}`){epochs} | {recipe} | "
             f"{first['seconds'] / 60:.1f} min | "
             + (f"{pre / 60:.1f} min" if pre else "none (backbone cached earlier)")
             + f" | {_ran_on(first)} | {cells[0]} | {cells[1]} |"
@@ -265,7 +301,7 @@ def render_first_run(folder: Path) -> str:
             f"{first['train_seconds'] / 60:.1f} min of training | – | {_ran_on(first)} | "
             f"{cells[0]} | {cells[1]} |"
         )
-        commands += [f"`{r['command']}`" for r in cnn.values()]
+        commands += [command_note(r) for r in cnn.values()]
     if anchor is None:
         return "Not measured yet: `python scripts/first_run.py` writes `docs/results/first_run/`."
     lines += [
@@ -280,6 +316,13 @@ def render_first_run(folder: Path) -> str:
     return "\n".join(lines)
 
 
+_TUNING_XEON = (
+    "The first row is the recipe before this one (1000 pretraining steps of 64 images, 10 "
+    "epochs; `model.pretrain_amp=auto` timed both arithmetics and pretrained in float32); "
+    "`model.pretrain_amp=off` pretrains in float32, `bfloat16` loads the bfloat16 backbone "
+    "of the same recipe pretrained on this machine earlier."
+)
+
 # section name -> its text, rendered from the results folder
 SECTIONS = {
     "demo": lambda r: render_demo(
@@ -287,13 +330,17 @@ SECTIONS = {
         _threads_pair(r),
         spread_runs(r / "first_run", r / "spread")["demo"].get("seed7"),
         _other_cpus(r),
+        _other_cpus(r, "demo_cpus_b64"),
     ),
     "comparison": lambda r: render_comparison(
         [load_result(r, "demo_seed7"), load_result(r, "demo_seed7_500steps")],
         [load_result(r, "cnn_seed7_241s"), load_result(r, "cnn_seed7")],
     ),
-    "first-run": lambda r: render_first_run(r / "first_run"),
-    "spread": lambda r: render_spread(r / "first_run", r / "spread"),
+    "first-run": lambda r: render_first_run(r / "first_run", r / "spread"),
+    "spread": lambda r: render_spread(r / "first_run", r / "spread", cnn_seed0=False),
+    "spread-b64": lambda r: render_spread(
+        r / "first_run", r / "spread_b64", recipe="recipe-b64", cnn_seed0=False
+    ),
     "spread-fp32": lambda r: render_spread(
         r / "first_run", r / "spread_fp32", recipe="recipe-fp32", cnn_seed0=False
     ),
@@ -303,6 +350,9 @@ SECTIONS = {
         render_zero_shot,
         "python scripts/zero_shot.py --json docs/results/zero_shot.json",
     ),
-    "tuning": lambda r: render_tuning(r / "tuning", load_result(r, "demo")),
+    "tuning": lambda r: render_tuning(r / "tuning", load_result(r, "demo_cpus_b64/amd-epyc")),
+    "tuning-xeon": lambda r: render_tuning(
+        r / "tuning_xeon", load_result(r, "demo_cpus_b64/intel-xeon"), note=_TUNING_XEON
+    ),
     "budget": lambda r: render_budget(r / "first_run", r / "budget", r / "spread_fp32"),
 }
