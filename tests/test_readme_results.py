@@ -379,9 +379,12 @@ def test_zero_shot_table_gives_each_backbones_mean_and_sets():
 
 
 def test_earlier_demo_recipes_say_what_reproduces_them_today():
+    import dataclasses
+
     from dclnet.reporting.common import _demo_recipe, command_note, today_add
 
-    now = _demo_recipe()
+    recipe = _demo_recipe()
+    now = {"model": dataclasses.asdict(recipe.model), "optim": dataclasses.asdict(recipe.optim)}
     then = {**now["optim"], "epochs": now["optim"]["epochs"] + 3}
     record = {**_demo_record(30.0), "command": "dclnet demo data.synthetic_seed=7",
               "config": {"model": {**now["model"]}, "optim": then}}  # fmt: skip

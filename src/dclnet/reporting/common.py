@@ -55,33 +55,33 @@ _RECIPE_KEYS = (
 
 
 @lru_cache(maxsize=1)
-def _demo_recipe() -> dict[str, Any]:
-    import yaml
-
+def _demo_recipe():
+    """Today's bundled demo recipe, resolved (every key, defaults included)."""
     import dclnet
+    from dclnet.config import load_config
 
-    return yaml.safe_load((Path(dclnet.__file__).parent / "configs" / "demo.yaml").read_text())
-
-
-def _override(value: Any) -> str:
-    return f"[{','.join(str(v) for v in value)}]" if isinstance(value, list | tuple) else str(value)
+    return load_config(Path(dclnet.__file__).parent / "configs" / "demo.yaml")
 
 
 def today_add(record: dict[str, Any]) -> str:
     """The overrides that make today's ``dclnet demo`` run what a ``dclnet demo`` record ran
     under an earlier demo recipe (``""`` when nothing changed or the record is no demo run
     of the bundled recipe)."""
+    from dclnet.engine.runlog import override_text
+
+    def text(value: Any) -> str:  # JSON lists as the tuples a config holds: "[7,9]"
+        return override_text(tuple(value) if isinstance(value, list) else value)
+
     command, config = record.get("command", ""), record.get("config")
     if not command.startswith("dclnet demo") or "--config" in command or not config:
         return ""
     recipe, adds = _demo_recipe(), []
     for section, key, before in _RECIPE_KEYS:
         then = config.get(section, {}).get(key, before)
-        now = recipe[section].get(key)
         if then is None or f"{section}.{key}=" in command:
             continue
-        if _override(then) != _override(now):
-            adds.append(f"{section}.{key}={_override(then)}")
+        if text(then) != text(getattr(getattr(recipe, section), key)):
+            adds.append(f"{section}.{key}={text(then)}")
     return " ".join(adds)
 
 
