@@ -47,6 +47,27 @@ def test_resnet18_keys_match_torchvision():
     assert list(model.state_dict().keys()) == expected
 
 
+def test_resnet10_is_resnet18_with_one_block_per_stage():
+    state = build_resnet("resnet10").state_dict()
+    assert list(state.keys()) == torchvision_keys((1, 1, 1, 1), bottleneck=False)
+    r18 = build_resnet("resnet18").state_dict()
+    assert all(state[k].shape == r18[k].shape for k in state)  # block 0s are ResNet-18's
+    assert build_resnet("resnet10").stage_channels == (64, 64, 128, 256, 512)
+
+
+def test_resnet10_has_no_imagenet_weights(monkeypatch):
+    def no_call(url, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("no download for an arch without published weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_call)
+    with pytest.raises(ConfigError) as info:
+        check_pretrained("imagenet", "resnet10")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "model.arch=resnet10 has no published ImageNet weights" in message
+    assert "model.pretrained=synthetic" in message
+
+
 def test_resnet50_keys_and_shapes_match_torchvision():
     state = build_resnet("resnet50").state_dict()
     expected = torchvision_keys((3, 4, 6, 3), bottleneck=True)
@@ -85,9 +106,9 @@ def test_stage_channels():
 
 
 def test_unknown_arch_lists_valid_names():
-    with pytest.raises(ConfigError, match="resnet18, resnet34, resnet50"):
+    with pytest.raises(ConfigError, match="resnet10, resnet18, resnet34, resnet50"):
         build_resnet("resnet101")
-    assert set(ARCHS) == set(IMAGENET_URLS)
+    assert set(ARCHS) - set(IMAGENET_URLS) == {"resnet10"}
 
 
 def test_stages_split_keep_names_and_compose():

@@ -89,7 +89,7 @@ def test_config_keys_lists_types_defaults_and_comments(capsys):
     assert line.split()[1:3] == ["float", "0.0035"]
     assert "BNNecks and classifiers; the rest uses lr * backbone_lr_mult" in line
     arch = next(x for x in out.splitlines() if x.startswith("model.arch "))
-    assert "one of resnet18, resnet34, resnet50" in arch
+    assert "one of resnet10, resnet18, resnet34, resnet50" in arch
     keys = {info.key for info in describe_keys()}
     assert len(keys) == len(out.splitlines()) - out.count("# ") - out.count("\n\n")
     assert {"data.dataset", "train.sync_bn", "eval.batch_size"} <= keys

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DATASETS = ("synthetic", "sysu", "regdb", "llcm")
-ARCHS = ("resnet18", "resnet34", "resnet50")
+ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
 METRIC_LOSSES = ("center_cluster", "triplet")
 DCL_MASKS = ("pap", "stripes")
 CAM_CLASSES = ("label", "predicted")
