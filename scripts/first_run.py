@@ -36,20 +36,32 @@ from pathlib import Path
 from dclnet.evaluation.protocols import write_json
 
 # name -> overrides on top of configs/demo.yaml (the recipe of record is "recipe": no overrides).
-# The recipe before it ("recipe-b64": 1000 pretraining steps of 64 images, 10 epochs) is the
-# base of the older variants, most of them measured with float32 pretraining and tests
-# without flipping; "recipe-b32-1000-e7" was the first try at a shorter first run.
-B64 = ["model.pretrain_steps=1000", "model.pretrain_batch=64", "optim.epochs=10",
+# The recipes before it ran ResNet-18: "recipe-b64" (1000 pretraining steps of 64 images, 10
+# epochs; the recipe's own schedule) is the base of the older variants, most of them measured
+# with float32 pretraining and tests without flipping; "recipe-b32-1000-e7" and
+# "recipe-b32-700-e5" were the tries at a shorter first run with that backbone.
+R18 = ["model.arch=resnet18"]
+B64 = [*R18, "model.pretrain_steps=1000", "model.pretrain_batch=64", "optim.epochs=10",
        "optim.warmup_epochs=2", "optim.milestones=[7,9]"]  # fmt: skip
 FP32 = [*B64, "model.pretrain_amp=off", "eval.flip=false"]
 VARIANTS = {
     "recipe": [],
     "recipe-b64": B64,
     "recipe-b32-1000-e7": [
+        *R18,
         "model.pretrain_steps=1000",
+        "model.pretrain_batch=32",
         "optim.epochs=7",
         "optim.warmup_epochs=2",
         "optim.milestones=[5,6]",
+    ],  # fmt: skip
+    "recipe-b32-700-e5": [
+        *R18,
+        "model.pretrain_steps=700",
+        "model.pretrain_batch=32",
+        "optim.epochs=5",
+        "optim.warmup_epochs=1",
+        "optim.milestones=[3,4]",
     ],  # fmt: skip
     "r96-1500": [*FP32, "model.pretrain_size=[96,48]", "model.pretrain_steps=1500"],
     "s64-800": [

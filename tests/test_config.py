@@ -1,5 +1,6 @@
 """Config schema: defaults → YAML → overrides, with one-line validation errors."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -102,13 +103,18 @@ def test_paper_recipes_follow_method_md(name, validation):
 
 
 @pytest.mark.parametrize(
-    ("name", "size"), [("demo", (96, 48)), ("study", (192, 96)), ("study96", (96, 48))]
-)
-def test_cpu_recipes_match_their_headers(name, size):
-    # "ResNet-18 at 96 x 48 / 192 x 96 ... model.pretrained=synthetic" (the files' comments)
+    ("name", "size", "arch"),
+    [("demo", (96, 48), "resnet10"), ("study", (192, 96), "resnet18"),
+     ("study96", (96, 48), "resnet18")],
+)  # fmt: skip
+def test_cpu_recipes_match_their_headers(name, size, arch):
+    # "ResNet-10 / -18 at 96 x 48 / 192 x 96 ... model.pretrained=synthetic" (their comments)
     cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    lines = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()
+    header = " ".join(x for x in itertools.takewhile(lambda x: x.startswith("#"), lines))
+    assert f"ResNet-{arch.removeprefix('resnet')} " in header
     assert cfg.data.dataset == "synthetic"
-    assert (cfg.model.arch, cfg.model.pretrained) == ("resnet18", "synthetic")
+    assert (cfg.model.arch, cfg.model.pretrained) == (arch, "synthetic")
     assert (cfg.data.height, cfg.data.width) == size
     assert cfg.train.amp == "off"  # CPU: no autocast
     assert max(cfg.optim.milestones) < cfg.optim.epochs  # every decay step happens

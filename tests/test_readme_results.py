@@ -341,14 +341,18 @@ def test_budget_table_lists_the_recipe_then_its_changes_then_the_cnn_by_time(tmp
 
 
 def test_tuning_table_lists_the_recipe_then_each_change(tmp_path):
+    import dataclasses
     import json
 
+    from dclnet.reporting.common import _demo_recipe
     from dclnet.reporting.sweeps import render_tuning
 
     assert "Not measured yet" in render_tuning(tmp_path, None)
-    recipe = {**_demo_record(30.0), "command": "dclnet demo", "seconds": 240.0}
+    now = _demo_recipe()
+    today = {"model": dataclasses.asdict(now.model), "optim": dataclasses.asdict(now.optim)}
+    recipe = {**_demo_record(30.0), "command": "dclnet demo", "seconds": 240.0, "config": today}
     recipe["pretrain_seconds"] = 120.0
-    change = {**_demo_record(35.0), "seconds": 90.0, "pretrain_seconds": 0.0}
+    change = {**_demo_record(35.0), "seconds": 90.0, "pretrain_seconds": 0.0, "config": today}
     change["command"] = "dclnet demo model.pretrain_amp=off data.height=64 data.width=32"
     (tmp_path / "a.json").write_text(json.dumps({**change, "beside": "the test suite"}))
     rows = [x for x in render_tuning(tmp_path, recipe).splitlines() if x.startswith("| ")][1:]
@@ -357,6 +361,19 @@ def test_tuning_table_lists_the_recipe_then_each_change(tmp_path):
         "| `model.pretrain_amp=off data.height=64 data.width=32` | 1.5 min, backbone cached, "
         "another job beside it | 35.00 / 2.00 / 1.00 |",
     ]
+    # a record of an earlier recipe: its change to today's says what that recipe set
+    then = {
+        "model": {**today["model"], "arch": "resnet34"},
+        "optim": {**today["optim"], "epochs": 99},
+    }
+    earlier = {**recipe, "config": then}
+    first = render_tuning(tmp_path, earlier).splitlines()[2]
+    assert first.startswith("| `model.arch=resnet34 optim.epochs=99` |"), first
+    assert now.model.arch != "resnet34" and now.optim.epochs != 99
+    # an override today's recipe already holds is no change any more
+    held = {**change, "command": f"dclnet demo model.arch={now.model.arch} data.height=64"}
+    (tmp_path / "a.json").write_text(json.dumps(held))
+    assert render_tuning(tmp_path, None).splitlines()[2].startswith("| `data.height=64` |")
 
 
 def test_zero_shot_table_gives_each_backbones_mean_and_sets():
@@ -400,6 +417,11 @@ def test_earlier_demo_recipes_say_what_reproduces_them_today():
     assert today_add({**record, "command": "dclnet demo --config tiny"}) == ""
     assert today_add({**_demo_record(1.0), "config": {k: now[k] for k in ("model", "optim")}}) == ""
     assert today_add({"command": "python benchmarks/synthetic_gap.py", "mean": {}}) == ""
+    other_arch = "resnet34" if now["model"]["arch"] != "resnet34" else "resnet18"
+    model = {**now["model"], "arch": other_arch}
+    record = {**_demo_record(30.0), "command": "dclnet demo",
+              "config": {"model": model, "optim": now["optim"]}}  # fmt: skip
+    assert today_add(record) == f"model.arch={other_arch}"  # another backbone then
 
 
 def test_first_run_table_takes_the_cnn_from_the_spread_folder(tmp_path):
@@ -411,6 +433,7 @@ def test_first_run_table_takes_the_cnn_from_the_spread_folder(tmp_path):
     folder.mkdir(), spread.mkdir()
     record = _first_run_record(30.0, 240.0)
     record["config"]["optim"] = {"epochs": 5}
+    record["config"]["model"]["arch"] = "resnet10"
     (folder / "recipe-seed7.json").write_text(json.dumps(record))
     cnn = {**_demo_record(0), "mean": {"rank1": 21.0, "mAP": 3.0, "mINP": 2.0},
            "train_seconds": 480.0, "command": "python benchmarks/synthetic_gap.py"}  # fmt: skip
@@ -418,6 +441,6 @@ def test_first_run_table_takes_the_cnn_from_the_spread_folder(tmp_path):
     (spread / "cnn-seed7-train0.json").write_text(json.dumps(cnn))
     (spread / "cnn-seed7-train1.json").write_text(json.dumps(other))
     table = render_first_run(folder, spread)
-    assert "| DCLNet demo (`recipe`), 5 epochs |" in table
+    assert "| DCLNet demo (`recipe`), ResNet-10, 5 epochs |" in table
     cnn_row = next(x for x in table.splitlines() if "small CNN" in x)
     assert "21.00 / 3.00 / 2.00 | not run |" in cnn_row and "9.00" not in table

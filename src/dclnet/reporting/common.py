@@ -46,6 +46,7 @@ def or_not_run(results: Path, name: str, render, command: str) -> str:
 # the demo recipe's settings that have changed since results were recorded, with the value a
 # record that predates the setting ran with (None: every record has it)
 _RECIPE_KEYS = (
+    ("model", "arch", None),
     ("model", "pretrain_steps", 500),
     ("model", "pretrain_batch", 64),
     ("optim", "epochs", None),
@@ -83,6 +84,31 @@ def today_add(record: dict[str, Any]) -> str:
         if text(then) != text(getattr(getattr(recipe, section), key)):
             adds.append(f"{section}.{key}={text(then)}")
     return " ".join(adds)
+
+
+def change_today(record: dict[str, Any]) -> str:
+    """What a ``dclnet demo`` record ran, as overrides of today's demo recipe: its command's
+    overrides that today's recipe does not already hold, then :func:`today_add`."""
+    from dclnet.config import parse_override
+    from dclnet.engine.runlog import override_text
+
+    def text(value: Any) -> str:
+        return override_text(tuple(value) if isinstance(value, list) else value)
+
+    words = record["command"].split()[2:]
+    if not record["command"].startswith("dclnet demo") or "--config" in words:
+        return " ".join(words)
+    recipe, kept = _demo_recipe(), []
+    for word in words:
+        if "=" not in word:  # no override: kept as it is
+            kept.append(word)
+            continue
+        ((section, values),) = parse_override(word).items()
+        ((key, value),) = values.items()
+        now = getattr(getattr(recipe, section, None), key, None)
+        if now is None or text(value) != text(now):
+            kept.append(word)
+    return " ".join(filter(None, [" ".join(kept), today_add(record)]))
 
 
 def command_note(record: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dclnet.reporting.common import command_note, mean_cells, where
+from dclnet.reporting.common import change_today, command_note, mean_cells, where
 
 SPREAD_SETS = {"seed7": "seed 7, default look", "heldout": "seed 7, held-out look"}
 
@@ -196,7 +196,9 @@ def render_budget(first_run: Path, budget: Path, spread: Path) -> str:
 def render_tuning(tuning: Path, recipe: dict[str, Any] | None, note: str | None = None) -> str:
     """The recipe's choices tried on synthetic seed 0 (the tuning set; seed 7 and the held-out
     look judge): ``recipe`` (the README's demo record: the recipe on seed 0) and
-    ``tuning/*.json``, each a ``dclnet demo`` with its overrides."""
+    ``tuning/*.json``, each a ``dclnet demo`` with its overrides; a row's change is to today's
+    demo recipe (:func:`change_today`: what an earlier recipe set is added, an override
+    today's recipe already holds is left out)."""
     records = [json.loads(p.read_text()) for p in sorted(tuning.glob("*.json"))]
     records.sort(key=lambda r: (len(r["command"].split()), r["command"]))  # fewest changes first
     if recipe is not None:
@@ -208,7 +210,7 @@ def render_tuning(tuning: Path, recipe: dict[str, Any] | None, note: str | None 
         "|---|---|---|",
     ]
     for r in records:
-        change = " ".join(r["command"].split()[2:])
+        change = change_today(r)
         pre = r.get("pretrain_seconds", 0)
         time = f"{r['seconds'] / 60:.1f} min, " + (
             f"of it {pre / 60:.1f} min pretraining" if pre else "backbone cached"

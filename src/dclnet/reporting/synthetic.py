@@ -36,8 +36,8 @@ def _threads_pair(results: Path) -> list[dict[str, Any]]:
 
 def _other_cpus(results: Path, folder: str = "demo_cpus") -> list[dict[str, Any]]:
     """The README's demo command run on other machines, each on an empty cache
-    (``demo_cpus/*.json``, ``dclnet demo --json ...`` there; ``demo_cpus_b64/``: the recipe
-    before this one), in name order."""
+    (``demo_cpus/*.json``, ``dclnet demo --json ...`` there; ``demo_cpus_b32_700/``: the
+    recipe before this one, ``demo_cpus_b64/`` the one before that), in name order."""
     return [json.loads(p.read_text()) for p in sorted((results / folder).glob("*.json"))]
 
 
@@ -281,6 +281,8 @@ def render_first_run(folder: Path, cnn_folder: Path | None = None) -> str:
         pre = first.get("pretrain_seconds", 0)
         epochs = cfg.get("optim", {}).get("epochs")
         epochs = f", {epochs} epochs" if epochs else ""
+        arch = cfg["model"].get("arch", "")  # "resnet10" -> ", ResNet-10"
+        epochs = (f", ResNet-{arch.removeprefix('resnet')}" if arch else "") + epochs
         recipe = _pretraining(cfg["model"], cfg["data"], first.get("pretrain_bf16", False))
         lines.append(
             f"| DCLNet demo (`{name}`){epochs} | {recipe} | "
@@ -317,10 +319,17 @@ def render_first_run(folder: Path, cnn_folder: Path | None = None) -> str:
 
 
 _TUNING_XEON = (
-    "The first row is the recipe before this one (1000 pretraining steps of 64 images, 10 "
+    "The first row is `recipe-b64` (ResNet-18, 1000 pretraining steps of 64 images, 10 "
     "epochs; `model.pretrain_amp=auto` timed both arithmetics and pretrained in float32); "
     "`model.pretrain_amp=off` pretrains in float32, `bfloat16` loads the bfloat16 backbone "
     "of the same recipe pretrained on this machine earlier."
+)
+
+_TUNING_R10 = (
+    "The first row is the README's demo of `recipe-b32-700-e5` (ResNet-18, 700 pretraining "
+    "steps of 32 images, 5 epochs), alone on 2 threads; the others pretrain ResNet-10, with "
+    "`recipe-b32-1000-e7`'s and with `recipe-b64`'s pretraining and epochs (the last is today's "
+    "recipe in float32), two 1-thread jobs at a time, each pretraining its own backbone."
 )
 
 # section name -> its text, rendered from the results folder
@@ -330,7 +339,7 @@ SECTIONS = {
         _threads_pair(r),
         spread_runs(r / "first_run", r / "spread")["demo"].get("seed7"),
         _other_cpus(r),
-        _other_cpus(r, "demo_cpus_b64"),
+        _other_cpus(r, "demo_cpus_b32_700"),
     ),
     "comparison": lambda r: render_comparison(
         [load_result(r, "demo_seed7"), load_result(r, "demo_seed7_500steps")],
@@ -338,6 +347,9 @@ SECTIONS = {
     ),
     "first-run": lambda r: render_first_run(r / "first_run", r / "spread"),
     "spread": lambda r: render_spread(r / "first_run", r / "spread", cnn_seed0=False),
+    "spread-b32-700": lambda r: render_spread(
+        r / "first_run", r / "spread_b32_700", recipe="recipe-b32-700-e5", cnn_seed0=False
+    ),
     "spread-b64": lambda r: render_spread(
         r / "first_run", r / "spread_b64", recipe="recipe-b64", cnn_seed0=False
     ),
@@ -353,6 +365,9 @@ SECTIONS = {
     "tuning": lambda r: render_tuning(r / "tuning", load_result(r, "demo_cpus_b64/amd-epyc")),
     "tuning-xeon": lambda r: render_tuning(
         r / "tuning_xeon", load_result(r, "demo_cpus_b64/intel-xeon"), note=_TUNING_XEON
+    ),
+    "tuning-r10": lambda r: render_tuning(
+        r / "tuning_r10", load_result(r, "demo_cpus_b32_700/intel-xeon"), note=_TUNING_R10
     ),
     "budget": lambda r: render_budget(r / "first_run", r / "budget", r / "spread_fp32"),
 }
