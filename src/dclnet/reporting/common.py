@@ -86,6 +86,9 @@ def today_add(record: dict[str, Any]) -> str:
     return " ".join(adds)
 
 
+_NO_KEY = object()  # an override naming no key of the recipe
+
+
 def change_today(record: dict[str, Any]) -> str:
     """What a ``dclnet demo`` record ran, as overrides of today's demo recipe: its command's
     overrides that today's recipe does not already hold, then :func:`today_add`."""
@@ -105,8 +108,8 @@ def change_today(record: dict[str, Any]) -> str:
             continue
         ((section, values),) = parse_override(word).items()
         ((key, value),) = values.items()
-        now = getattr(getattr(recipe, section, None), key, None)
-        if now is None or text(value) != text(now):
+        now = getattr(getattr(recipe, section, None), key, _NO_KEY)
+        if now is _NO_KEY or text(value) != text(now):
             kept.append(word)
     return " ".join(filter(None, [" ".join(kept), today_add(record)]))
 
