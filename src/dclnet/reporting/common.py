@@ -64,15 +64,17 @@ def _demo_recipe():
     return load_config(Path(dclnet.__file__).parent / "configs" / "demo.yaml")
 
 
+def _text(value: Any) -> str:
+    """A config value as an override writes it, JSON lists as the tuples a config holds."""
+    from dclnet.engine.runlog import override_text
+
+    return override_text(tuple(value) if isinstance(value, list) else value)  # "[7,9]"
+
+
 def today_add(record: dict[str, Any]) -> str:
     """The overrides that make today's ``dclnet demo`` run what a ``dclnet demo`` record ran
     under an earlier demo recipe (``""`` when nothing changed or the record is no demo run
     of the bundled recipe)."""
-    from dclnet.engine.runlog import override_text
-
-    def text(value: Any) -> str:  # JSON lists as the tuples a config holds: "[7,9]"
-        return override_text(tuple(value) if isinstance(value, list) else value)
-
     command, config = record.get("command", ""), record.get("config")
     if not command.startswith("dclnet demo") or "--config" in command or not config:
         return ""
@@ -81,8 +83,8 @@ def today_add(record: dict[str, Any]) -> str:
         then = config.get(section, {}).get(key, before)
         if then is None or f"{section}.{key}=" in command:
             continue
-        if text(then) != text(getattr(getattr(recipe, section), key)):
-            adds.append(f"{section}.{key}={text(then)}")
+        if _text(then) != _text(getattr(getattr(recipe, section), key)):
+            adds.append(f"{section}.{key}={_text(then)}")
     return " ".join(adds)
 
 
@@ -93,10 +95,6 @@ def change_today(record: dict[str, Any]) -> str:
     """What a ``dclnet demo`` record ran, as overrides of today's demo recipe: its command's
     overrides that today's recipe does not already hold, then :func:`today_add`."""
     from dclnet.config import parse_override
-    from dclnet.engine.runlog import override_text
-
-    def text(value: Any) -> str:
-        return override_text(tuple(value) if isinstance(value, list) else value)
 
     words = record["command"].split()[2:]
     if not record["command"].startswith("dclnet demo") or "--config" in words:
@@ -109,7 +107,7 @@ def change_today(record: dict[str, Any]) -> str:
         ((section, values),) = parse_override(word).items()
         ((key, value),) = values.items()
         now = getattr(getattr(recipe, section, None), key, _NO_KEY)
-        if now is _NO_KEY or text(value) != text(now):
+        if now is _NO_KEY or _text(value) != _text(now):
             kept.append(word)
     return " ".join(filter(None, [" ".join(kept), today_add(record)]))
 
