@@ -279,13 +279,12 @@ def render_first_run(folder: Path, cnn_folder: Path | None = None) -> str:
         cells = [mean_cells(sets[s]["dclnet"]["mean"]) if s in sets else "not run"
                  for s in ("seed7", "heldout")]  # fmt: skip
         pre = first.get("pretrain_seconds", 0)
-        epochs = cfg.get("optim", {}).get("epochs")
-        epochs = f", {epochs} epochs" if epochs else ""
-        arch = cfg["model"].get("arch", "")  # "resnet10" -> ", ResNet-10"
-        epochs = (f", ResNet-{arch.removeprefix('resnet')}" if arch else "") + epochs
+        arch, epochs = cfg["model"].get("arch"), cfg.get("optim", {}).get("epochs")
+        label = f", ResNet-{arch.removeprefix('resnet')}" if arch else ""  # resnet10: ResNet-10
+        label += f", {epochs} epochs" if epochs else ""
         recipe = _pretraining(cfg["model"], cfg["data"], first.get("pretrain_bf16", False))
         lines.append(
-            f"| DCLNet demo (`{name}`){epochs} | {recipe} | "
+            f"| DCLNet demo (`{name}`){label} | {recipe} | "
             f"{first['seconds'] / 60:.1f} min | "
             + (f"{pre / 60:.1f} min" if pre else "none (backbone cached earlier)")
             + f" | {_ran_on(first)} | {cells[0]} | {cells[1]} |"
